@@ -1,0 +1,211 @@
+//! Wiring: [`Application::build`] connects the store and binds the listener (so callers
+//! know the port before serving); [`Application::run_until_stopped`] serves until the
+//! shutdown future resolves, then drains within a bound. Tests and the binary both start
+//! the server through these two functions.
+
+use crate::domain::time::Clock;
+use crate::grpc::CoordinatorService;
+use crate::proto::{self, coordinator_server::CoordinatorServer};
+use crate::service::{Coordinator, ServiceConfig};
+use crate::storage::{self, Store, StoreError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+/// Everything `baton serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `sqlite:…` or `postgres://…`.
+    pub database_url: String,
+    /// Longest graceful shutdown before remaining connections are dropped.
+    pub drain: Duration,
+    /// Heartbeat interval of idle event streams.
+    pub heartbeat: Duration,
+    /// Close each HTTP/2 connection after this age so a mesh can rebalance (None: never).
+    pub max_connection_age: Option<Duration>,
+    /// HTTP/2 keepalive ping interval.
+    pub keepalive: Duration,
+    /// Database connections per replica (Postgres).
+    pub pool_size: u32,
+    /// How long request-id outcomes are kept for retries.
+    pub request_retention: Duration,
+    /// How often health re-checks the database.
+    pub health_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: "sqlite:baton.db".into(),
+            drain: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(15),
+            max_connection_age: Some(Duration::from_secs(300)),
+            keepalive: Duration::from_secs(30),
+            pool_size: 8,
+            request_retention: Duration::from_secs(24 * 3600),
+            health_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the server could not start or run. Each renders as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The database could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The gRPC server failed.
+    #[error("server error: {0}")]
+    Serve(String),
+}
+
+/// A built, bound, not yet serving baton.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    coordinator: Coordinator,
+    store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    settings: Settings,
+}
+
+impl Application {
+    /// Connects the store (running migrations) and binds the listener.
+    pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        Self::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// [`Application::build`] with an injected clock (tests advance it instead of sleeping).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, AppError> {
+        let store = storage::connect(&settings.database_url, clock, settings.pool_size).await?;
+        let listener = match TcpListener::bind(settings.listen).await {
+            Ok(l) => l,
+            Err(source) => {
+                store.close().await;
+                return Err(AppError::Bind { addr: settings.listen, source });
+            }
+        };
+        let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: settings.listen, source })?;
+        let (shutdown, drain_rx) = watch::channel(false);
+        let config = ServiceConfig { heartbeat: settings.heartbeat, request_retention: settings.request_retention };
+        let coordinator = Coordinator::new(store.clone(), config, drain_rx);
+        Ok(Self { listener, addr, coordinator, store, shutdown, settings })
+    }
+
+    /// The bound address (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The coordinator (for in-process use and tests).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// Serves until `stop` resolves, then drains: health turns NOT_SERVING, open streams end
+    /// with UNAVAILABLE (clients resume elsewhere), new calls are refused, in-flight unary
+    /// calls finish — all within `drain`, after which remaining connections are dropped.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let Self { listener, addr, coordinator, store, shutdown, settings } = self;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<CoordinatorServer<CoordinatorService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| AppError::Serve(e.to_string()))?;
+
+        let mut drain_rx = shutdown.subscribe();
+        tokio::spawn(watch_health(store.clone(), reporter.clone(), settings.health_interval, drain_rx.clone()));
+        tokio::spawn(housekeeping(coordinator.clone(), drain_rx.clone()));
+
+        let mut builder = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(settings.keepalive))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        if let Some(age) = settings.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let router = builder
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(CoordinatorServer::new(CoordinatorService::new(coordinator)));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server_drain = async move { crate::service::raised(&mut drain_rx).await };
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain));
+        tracing::info!(%addr, backend = ?store.backend(), "baton serving");
+
+        tokio::select! {
+            _ = stop => {}
+            res = &mut server => {
+                store.close().await;
+                return match res {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(AppError::Serve(e.to_string())),
+                    Err(e) => Err(AppError::Serve(e.to_string())),
+                };
+            }
+        }
+        tracing::info!(drain = ?settings.drain, "draining");
+        reporter.set_not_serving::<CoordinatorServer<CoordinatorService>>().await;
+        reporter.set_service_status("", ServingStatus::NotServing).await;
+        // One flag tells stream handlers to end with UNAVAILABLE, lease waiters to stop
+        // waiting, and tonic to stop accepting and finish in-flight calls.
+        let _ = shutdown.send(true);
+        match tokio::time::timeout(settings.drain, &mut server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error while draining"),
+            Ok(_) => tracing::info!("drained"),
+            Err(_) => {
+                tracing::warn!("drain time exceeded; dropping remaining connections");
+                server.abort();
+            }
+        }
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// Health follows the database: SERVING while it answers, NOT_SERVING while it does not.
+async fn watch_health(store: Arc<dyn Store>, reporter: tonic_health::server::HealthReporter, every: Duration, mut drain: watch::Receiver<bool>) {
+    let mut last = true;
+    loop {
+        tokio::select! {
+            _ = crate::service::raised(&mut drain) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ok = matches!(tokio::time::timeout(every, store.ping()).await, Ok(Ok(())));
+        if ok != last && !*drain.borrow() {
+            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            tracing::warn!(serving = ok, "database reachability changed");
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status("baton.v1.Coordinator", status).await;
+            last = ok;
+        }
+    }
+}
+
+/// Purges expired request outcomes, on the one replica that holds the housekeeper lock.
+async fn housekeeping(coordinator: Coordinator, mut drain: watch::Receiver<bool>) {
+    loop {
+        match coordinator.housekeeping().await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired request outcomes purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+        }
+        tokio::select! {
+            _ = crate::service::raised(&mut drain) => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Rule violations. Each variant carries the context a client needs to act without
+//! re-reading (current state, version, token ...).
+
+/// A request broke a rule of baton's contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// Bad input; `field` names the request field (dotted path) at fault.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+
+    /// The transition is not allowed from the entity's current state (or its guard fails).
+    #[error("transition {transition:?} is not allowed from state {current_state:?} (version {version}){detail}")]
+    InvalidTransition {
+        transition: String,
+        current_state: String,
+        version: u64,
+        allowed_from: Vec<String>,
+        /// Extra words for humans, e.g. why a staleness guard failed.
+        detail: String,
+    },
+
+    /// `expect_version` did not match.
+    #[error("expected version {expected}, entity is at version {version} (state {current_state:?})")]
+    VersionMismatch { expected: u64, version: u64, current_state: String },
+
+    /// A fence did not match the key's current unexpired lease.
+    #[error("lease {key:?} token {token} is not the current lease{}", current_desc(.current_token, .current_holder))]
+    LeaseLost { key: String, token: u64, current_token: Option<u64>, current_holder: Option<String> },
+
+    /// The tape holds `final`; nothing more is stored.
+    #[error("tape is sealed at final seq {final_seq}")]
+    TapeSealed { final_seq: u64 },
+
+    /// A field is not allowed in the state the entity is or would be in.
+    #[error("field {field:?} is not allowed in state {state:?} (allowed in {allowed_in:?})")]
+    FieldNotAllowed { field: String, state: String, allowed_in: Vec<String> },
+
+    /// Something named does not exist.
+    #[error("{what} {name:?} not found")]
+    NotFound { what: &'static str, name: String },
+
+    /// An entity id is already taken.
+    #[error("{what} {name:?} already exists")]
+    AlreadyExists { what: &'static str, name: String },
+
+    /// A machine redefinition would orphan entities in a removed state.
+    #[error("state {state:?} of kind {kind:?} is still used by existing entities")]
+    StateInUse { kind: String, state: String },
+
+    /// A request id was reused for a different call.
+    #[error("request_id {request_id:?} was already used for a different call ({method})")]
+    RequestIdReused { request_id: String, method: String },
+
+    /// A tape cursor points before the retained events.
+    #[error("after_seq is before the earliest retained event {earliest_seq}")]
+    OutOfRange { earliest_seq: u64 },
+}
+
+fn current_desc(token: &Option<u64>, holder: &Option<String>) -> String {
+    match (token, holder) {
+        (Some(t), Some(h)) => format!(" (current token {t} held by {h:?})"),
+        (Some(t), None) => format!(" (last token {t}, no live lease)"),
+        _ => " (no lease was ever granted)".to_string(),
+    }
+}
+
+impl DomainError {
+    /// Shorthand for [`DomainError::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        DomainError::InvalidArgument { field: field.into(), message: message.into() }
+    }
+}

@@ -1,0 +1,167 @@
+//! The event tape (I6, I7): numbering, limits, and what happens on a sealed tape.
+
+use super::DomainError;
+use super::time::Timestamp;
+
+/// Type of the one event that seals a tape.
+pub const FINAL: &str = "final";
+/// Type of the event every applied transition appends.
+pub const TRANSITION: &str = "baton.transition";
+/// Largest payload of one event, in bytes.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Largest payload of one AppendEvents call, in bytes.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Most events in one call.
+pub const MAX_EVENTS: usize = 100;
+/// Longest content type, in bytes.
+pub const MAX_CONTENT_TYPE: usize = 128;
+
+/// An event a client asked to append, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventInput {
+    /// Type: `[a-z][a-z0-9_.-]{0,63}`, not reserved.
+    pub event_type: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// Content type, possibly empty.
+    pub content_type: String,
+}
+
+impl EventInput {
+    /// Parses one client event; `field` is e.g. `events[3]`.
+    pub fn parse(field: &str, event_type: String, payload: Vec<u8>, content_type: String) -> Result<Self, DomainError> {
+        let b = event_type.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 64
+            && b[0].is_ascii_lowercase()
+            && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
+        if !ok {
+            return Err(DomainError::invalid(format!("{field}.type"), format!("{event_type:?} must match [a-z][a-z0-9_.-]{{0,63}}")));
+        }
+        if event_type == FINAL || event_type.starts_with("baton.") {
+            return Err(DomainError::invalid(format!("{field}.type"), format!("{event_type:?} is reserved for the server")));
+        }
+        check_payload(&format!("{field}.payload"), &payload)?;
+        check_content_type(&format!("{field}.content_type"), &content_type)?;
+        Ok(Self { event_type, payload, content_type })
+    }
+}
+
+/// Checks a payload's size.
+pub fn check_payload(field: &str, payload: &[u8]) -> Result<(), DomainError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(DomainError::invalid(field, format!("must be at most {MAX_PAYLOAD} bytes, got {}", payload.len())));
+    }
+    Ok(())
+}
+
+/// Checks a content type.
+pub fn check_content_type(field: &str, ct: &str) -> Result<(), DomainError> {
+    if ct.len() > MAX_CONTENT_TYPE || ct.chars().any(char::is_control) {
+        return Err(DomainError::invalid(field, format!("must be at most {MAX_CONTENT_TYPE} bytes with no control characters")));
+    }
+    Ok(())
+}
+
+/// Parses a batch of client events: count and total size limits.
+pub fn parse_batch(field: &str, raw: Vec<(String, Vec<u8>, String)>, min: usize) -> Result<Vec<EventInput>, DomainError> {
+    if raw.len() < min || raw.len() > MAX_EVENTS {
+        return Err(DomainError::invalid(field, format!("must hold {min} to {MAX_EVENTS} events, got {}", raw.len())));
+    }
+    let total: usize = raw.iter().map(|(_, p, _)| p.len()).sum();
+    if total > MAX_BATCH_BYTES {
+        return Err(DomainError::invalid(field, format!("payloads must total at most {MAX_BATCH_BYTES} bytes, got {total}")));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, (t, p, c))| EventInput::parse(&format!("{field}[{i}]"), t, p, c))
+        .collect()
+}
+
+/// What AppendEvents does on a sealed tape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IfSealed {
+    /// `TAPE_SEALED`.
+    #[default]
+    Reject,
+    /// OK, nothing stored.
+    Drop,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredEvent {
+    /// Position, 1-based and gapless.
+    pub seq: u64,
+    /// Type.
+    pub event_type: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Content type.
+    pub content_type: String,
+    /// State after the event, for `baton.transition` and `final`.
+    pub state: Option<String>,
+    /// Commit time.
+    pub created_at: Timestamp,
+}
+
+impl StoredEvent {
+    /// True for the sealing event.
+    pub fn is_final(&self) -> bool {
+        self.event_type == FINAL
+    }
+}
+
+/// Decides an append onto a tape whose head is `last_seq`: numbered events, or the sealed
+/// outcome (I7: nothing is ever stored after `final`).
+pub fn plan_append(
+    last_seq: u64,
+    final_seq: Option<u64>,
+    inputs: &[EventInput],
+    if_sealed: IfSealed,
+    now: Timestamp,
+) -> Result<Result<Vec<StoredEvent>, u64>, DomainError> {
+    if let Some(final_seq) = final_seq {
+        return match if_sealed {
+            IfSealed::Reject => Err(DomainError::TapeSealed { final_seq }),
+            IfSealed::Drop => Ok(Err(final_seq)),
+        };
+    }
+    Ok(Ok(number(last_seq, inputs.iter().map(|e| (e.event_type.clone(), e.payload.clone(), e.content_type.clone(), None)), now)))
+}
+
+/// Numbers events after `last_seq` (I6: gapless).
+pub fn number(
+    last_seq: u64,
+    events: impl IntoIterator<Item = (String, Vec<u8>, String, Option<String>)>,
+    now: Timestamp,
+) -> Vec<StoredEvent> {
+    events
+        .into_iter()
+        .zip(last_seq + 1..)
+        .map(|((event_type, payload, content_type, state), seq)| StoredEvent { seq, event_type, payload, content_type, state, created_at: now })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn i7_sealed_tape_rejects_or_drops() {
+        let ev = vec![EventInput::parse("e", "progress".into(), vec![1], String::new()).unwrap()];
+        assert_eq!(plan_append(5, Some(5), &ev, IfSealed::Reject, Timestamp(0)), Err(DomainError::TapeSealed { final_seq: 5 }));
+        assert_eq!(plan_append(5, Some(5), &ev, IfSealed::Drop, Timestamp(0)), Ok(Err(5)));
+        let stored = plan_append(5, None, &ev, IfSealed::Reject, Timestamp(0)).unwrap().unwrap();
+        assert_eq!(stored[0].seq, 6);
+    }
+
+    #[test]
+    fn reserved_and_oversized_events_are_refused() {
+        assert!(EventInput::parse("events[0]", "final".into(), vec![], String::new()).is_err());
+        assert!(EventInput::parse("events[0]", "baton.x".into(), vec![], String::new()).is_err());
+        let err = EventInput::parse("events[0]", "p".into(), vec![0; MAX_PAYLOAD + 1], String::new()).unwrap_err();
+        assert!(err.to_string().starts_with("events[0].payload"));
+        assert!(parse_batch("events", vec![], 1).is_err());
+    }
+}

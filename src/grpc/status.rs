@@ -1,0 +1,90 @@
+//! The one mapping from service errors to gRPC statuses with `google.rpc.ErrorInfo`
+//! (domain "baton", a stable reason, metadata a client can act on).
+
+use crate::domain::DomainError;
+use crate::service::Error;
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The error domain in every ErrorInfo.
+pub const DOMAIN: &str = "baton";
+
+fn status(code: Code, reason: &str, message: String, meta: &[(&str, String)]) -> Status {
+    let metadata: HashMap<String, String> = meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, DOMAIN, metadata))
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::Rule(d) => match d {
+                DomainError::InvalidArgument { field, .. } => status(Code::InvalidArgument, "INVALID_ARGUMENT", msg, &[("field", field)]),
+                DomainError::InvalidTransition { transition, current_state, version, allowed_from, .. } => status(
+                    Code::FailedPrecondition,
+                    "INVALID_TRANSITION",
+                    msg,
+                    &[
+                        ("transition", transition),
+                        ("current_state", current_state),
+                        ("version", version.to_string()),
+                        ("allowed_from", allowed_from.join(",")),
+                    ],
+                ),
+                DomainError::VersionMismatch { expected, version, current_state } => status(
+                    Code::Aborted,
+                    "VERSION_MISMATCH",
+                    msg,
+                    &[("expected_version", expected.to_string()), ("version", version.to_string()), ("current_state", current_state)],
+                ),
+                DomainError::LeaseLost { key, token, current_token, current_holder } => {
+                    let mut meta = vec![("key", key), ("token", token.to_string())];
+                    if let Some(t) = current_token {
+                        meta.push(("current_token", t.to_string()));
+                    }
+                    if let Some(h) = current_holder {
+                        meta.push(("current_holder", h));
+                    }
+                    status(Code::FailedPrecondition, "LEASE_LOST", msg, &meta)
+                }
+                DomainError::TapeSealed { final_seq } => {
+                    status(Code::FailedPrecondition, "TAPE_SEALED", msg, &[("final_seq", final_seq.to_string())])
+                }
+                DomainError::FieldNotAllowed { field, state, allowed_in } => status(
+                    Code::InvalidArgument,
+                    "FIELD_NOT_ALLOWED",
+                    msg,
+                    &[("field", field), ("state", state), ("allowed_in", allowed_in.join(","))],
+                ),
+                DomainError::NotFound { what, name } => {
+                    status(Code::NotFound, &format!("{}_NOT_FOUND", what.to_uppercase()), msg, &[("name", name)])
+                }
+                DomainError::AlreadyExists { what, name } => {
+                    status(Code::AlreadyExists, &format!("{}_EXISTS", what.to_uppercase()), msg, &[("name", name)])
+                }
+                DomainError::StateInUse { kind, state } => {
+                    status(Code::FailedPrecondition, "STATE_IN_USE", msg, &[("kind", kind), ("state", state)])
+                }
+                DomainError::RequestIdReused { request_id, method } => {
+                    status(Code::InvalidArgument, "REQUEST_ID_REUSED", msg, &[("request_id", request_id), ("first_call", method)])
+                }
+                DomainError::OutOfRange { earliest_seq } => {
+                    status(Code::OutOfRange, "CURSOR_EXPIRED", msg, &[("earliest_seq", earliest_seq.to_string())])
+                }
+            },
+            Error::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                status(Code::Unavailable, "DATABASE_UNAVAILABLE", "database unavailable; retry later".into(), &[])
+            }
+            Error::ShuttingDown { last_seq } => {
+                let meta: Vec<(&str, String)> = last_seq.map(|s| ("last_seq", s.to_string())).into_iter().collect();
+                status(Code::Unavailable, "SHUTTING_DOWN", msg, &meta)
+            }
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                status(Code::Internal, "INTERNAL", "internal error; see the server log".into(), &[])
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Service errors: a rule broken, the database gone, or the server draining.
+
+use crate::domain::DomainError;
+use crate::storage::StoreError;
+
+/// What a service call can fail with. Mapped to gRPC in exactly one place (`grpc::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A rule was broken; the variant says which and with what context.
+    #[error(transparent)]
+    Rule(#[from] DomainError),
+    /// The database cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server is draining; `last_seq` tells a stream where to resume.
+    #[error("server is shutting down; retry on another replica")]
+    ShuttingDown { last_seq: Option<u64> },
+    /// A bug or corrupt data; details are logged, not sent.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rejected(d) => Error::Rule(d),
+            StoreError::Unavailable(m) => Error::Unavailable(m),
+            StoreError::Config(m) | StoreError::Internal(m) => Error::Internal(m),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The replica's wake-up hub. One task reads the store's committed changes (NOTIFY from
+//! every replica, or in-process for SQLite) and fans each out from one in-memory copy to
+//! the local stream subscribers of that entity and the lease waiters of that key.
+
+use crate::domain::names::{EntityId, LeaseKey, Namespace};
+use crate::domain::tape::StoredEvent;
+use crate::storage::Change;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, broadcast};
+
+/// What a tape subscriber hears.
+#[derive(Debug, Clone)]
+pub enum TapeSignal {
+    /// New events, in seq order.
+    Events(Arc<Vec<Arc<StoredEvent>>>),
+    /// The tape grew to this head; read the new events from the table.
+    Head(u64),
+    /// Something may have been missed; re-read from the table.
+    Resync,
+}
+
+type TapeKey = (Namespace, EntityId);
+type LeaseKeyOf = (Namespace, LeaseKey);
+
+/// Per-replica registry of subscribers and waiters.
+#[derive(Default)]
+pub struct Hub {
+    tapes: Mutex<HashMap<TapeKey, broadcast::Sender<TapeSignal>>>,
+    leases: Mutex<HashMap<LeaseKeyOf, Arc<Notify>>>,
+}
+
+/// Capacity of one entity's signal channel; a subscriber further behind gets `Lagged` and
+/// re-reads from the table, so the server never buffers without bound.
+const TAPE_CHANNEL_CAPACITY: usize = 256;
+
+impl Hub {
+    /// Starts the dispatch task over a store's change feed.
+    pub fn start(mut changes: broadcast::Receiver<Change>) -> Arc<Self> {
+        let hub = Arc::new(Self::default());
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            loop {
+                let change = match changes.recv().await {
+                    Ok(c) => c,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "hub lagged behind the change feed; resyncing");
+                        Change::Resync
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(hub) = weak.upgrade() else { return };
+                hub.dispatch(change);
+            }
+        });
+        hub
+    }
+
+    fn dispatch(&self, change: Change) {
+        match change {
+            Change::Tape { ns, entity_id, head, events } => {
+                let tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(tx) = tapes.get(&(ns, entity_id)) {
+                    let signal = if events.is_empty() { TapeSignal::Head(head) } else { TapeSignal::Events(Arc::new(events)) };
+                    let _ = tx.send(signal);
+                }
+            }
+            Change::LeaseFreed { ns, key } => {
+                if let Some(n) = self.leases.lock().unwrap_or_else(|p| p.into_inner()).get(&(ns, key)) {
+                    n.notify_waiters();
+                }
+            }
+            Change::Resync => {
+                for tx in self.tapes.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                    let _ = tx.send(TapeSignal::Resync);
+                }
+                for n in self.leases.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                    n.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// Subscribes to an entity's signals. Subscribe *before* reading the table, so nothing
+    /// committed after the read can be missed.
+    pub fn subscribe_tape(self: &Arc<Self>, ns: &Namespace, id: &EntityId) -> TapeSubscription {
+        let key = (ns.clone(), id.clone());
+        let mut tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = tapes.entry(key.clone()).or_insert_with(|| broadcast::channel(TAPE_CHANNEL_CAPACITY).0).subscribe();
+        TapeSubscription { rx, hub: self.clone(), key }
+    }
+
+    /// The wake-up of a lease key's waiters.
+    pub fn lease_waiter(self: &Arc<Self>, ns: &Namespace, key: &LeaseKey) -> LeaseWaiter {
+        let k = (ns.clone(), key.clone());
+        let notify = self.leases.lock().unwrap_or_else(|p| p.into_inner()).entry(k.clone()).or_default().clone();
+        LeaseWaiter { notify, hub: self.clone(), key: k }
+    }
+
+    /// Number of entities with local subscribers (for tests and metrics).
+    pub fn subscribed_tapes(&self) -> usize {
+        self.tapes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A subscriber's receiver; unregisters the entity when the last one goes.
+pub struct TapeSubscription {
+    /// Signals for this entity.
+    pub rx: broadcast::Receiver<TapeSignal>,
+    hub: Arc<Hub>,
+    key: TapeKey,
+}
+
+impl Drop for TapeSubscription {
+    fn drop(&mut self) {
+        let mut tapes = self.hub.tapes.lock().unwrap_or_else(|p| p.into_inner());
+        // Our own receiver is still alive here: 1 means we are the last.
+        if tapes.get(&self.key).is_some_and(|tx| tx.receiver_count() <= 1) {
+            tapes.remove(&self.key);
+        }
+    }
+}
+
+/// A lease waiter's wake-up; unregisters the key when the last waiter goes.
+pub struct LeaseWaiter {
+    /// Notified on release of the key, and on resync.
+    pub notify: Arc<Notify>,
+    hub: Arc<Hub>,
+    key: LeaseKeyOf,
+}
+
+impl Drop for LeaseWaiter {
+    fn drop(&mut self) {
+        let mut leases = self.hub.leases.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's copy and ours: 2 means no other waiter.
+        if Arc::strong_count(&self.notify) <= 2 {
+            leases.remove(&self.key);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! AcquireLease, RenewLease, ReleaseLease, GetLease, and the fence check every fenced
+//! write runs inside its own transaction (I1, I2, I3).
+
+use super::idempotency::{remember, replay};
+use super::{Coordinator, Error, Result};
+use crate::domain::lease::{self, AcquireDecision, Fence, FencingToken, Lease, Ttl};
+use crate::domain::names::{Holder, LeaseKey, Namespace, RequestId, lock_key, lock_space};
+use crate::domain::time::Timestamp;
+use crate::storage::{Change, WriteTx};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A validated AcquireLease.
+#[derive(Debug, Clone)]
+pub struct AcquireCmd {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Key.
+    pub key: LeaseKey,
+    /// Holder.
+    pub holder: Holder,
+    /// TTL.
+    pub ttl: Ttl,
+    /// How long to wait for a held key.
+    pub wait: Duration,
+    /// Idempotency key.
+    pub request_id: Option<RequestId>,
+}
+
+/// Outcome of an acquire.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcquireOutcome {
+    /// True when the caller holds the lease.
+    pub acquired: bool,
+    /// The current lease (the caller's or the other holder's).
+    pub lease: Lease,
+    /// Store time of the decision (to time the wait for expiry).
+    pub now: Timestamp,
+}
+
+/// GetLease's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The live lease, if any.
+    pub lease: Option<Lease>,
+    /// Highest token ever granted (0 when never leased).
+    pub last_token: u64,
+}
+
+/// The fence check of a fenced write (I3): inside the write's transaction, with a share
+/// lock on the lease row so a takeover waits until the write has committed.
+pub async fn check_fence(tx: &mut dyn WriteTx, ns: &Namespace, fence: Option<&Fence>) -> Result<()> {
+    if let Some(f) = fence {
+        let row = tx.lease_row(ns, &f.key, true).await?;
+        lease::check_fence(row.as_ref(), &f.key, f.token, tx.now())?;
+    }
+    Ok(())
+}
+
+fn lease_lock(ns: &Namespace, key: &LeaseKey) -> i64 {
+    lock_key(ns, lock_space::LEASE, key.as_str())
+}
+
+impl Coordinator {
+    /// AcquireLease: tries, then (with `wait`) sleeps until a release on any replica or the
+    /// holder's expiry time, whichever comes first, and tries again. No polling loop.
+    #[tracing::instrument(skip_all, fields(ns = %cmd.ns, key = %cmd.key))]
+    pub async fn acquire_lease(&self, cmd: AcquireCmd) -> Result<AcquireOutcome> {
+        let deadline = Instant::now() + cmd.wait;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // Register before trying, so a release between our try and our wait wakes us.
+            let waiter = self.hub.lease_waiter(&cmd.ns, &cmd.key);
+            let notified = waiter.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let out = self.try_acquire(&cmd).await?;
+            let now = Instant::now();
+            if out.acquired || now >= deadline {
+                return Ok(out);
+            }
+            // Wake just after the holder's expiry, by the store's own clock.
+            let expiry = now + out.now.until(out.lease.expires_at) + Duration::from_millis(1);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(expiry.min(deadline)) => {}
+                _ = super::raised(&mut shutdown) => return Err(Error::ShuttingDown { last_seq: None }),
+            }
+        }
+    }
+
+    async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome> {
+        let call = format!("AcquireLease {}", cmd.key);
+        let mut tx = self.store.begin(lease_lock(&cmd.ns, &cmd.key)).await?;
+        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
+            return Ok(out);
+        }
+        let row = tx.lease_row(&cmd.ns, &cmd.key, false).await?;
+        let now = tx.now();
+        match lease::decide_acquire(row.as_ref(), &cmd.key, &cmd.holder, cmd.ttl, now) {
+            AcquireDecision::Busy(lease) => Ok(AcquireOutcome { acquired: false, lease, now }),
+            AcquireDecision::Grant(lease) => {
+                tx.put_lease(&cmd.ns, &lease).await?;
+                let out = AcquireOutcome { acquired: true, lease, now };
+                remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// RenewLease: the live lease with `token` gets `now + ttl`, else LEASE_LOST.
+    #[tracing::instrument(skip_all, fields(ns = %ns, key = %key))]
+    pub async fn renew_lease(&self, ns: Namespace, key: LeaseKey, token: FencingToken, ttl: Ttl, rid: Option<RequestId>) -> Result<Lease> {
+        let call = format!("RenewLease {key} {}", token.0);
+        let mut tx = self.store.begin(lease_lock(&ns, &key)).await?;
+        if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
+            return Ok(out);
+        }
+        let row = tx.lease_row(&ns, &key, false).await?;
+        let lease = lease::decide_renew(row.as_ref(), &key, token, ttl, tx.now())?;
+        tx.put_lease(&ns, &lease).await?;
+        remember(&mut *tx, &ns, rid.as_ref(), &call, &lease).await?;
+        tx.commit().await?;
+        Ok(lease)
+    }
+
+    /// ReleaseLease: idempotent; true when this call ended the live lease.
+    #[tracing::instrument(skip_all, fields(ns = %ns, key = %key))]
+    pub async fn release_lease(&self, ns: Namespace, key: LeaseKey, token: FencingToken, rid: Option<RequestId>) -> Result<bool> {
+        let call = format!("ReleaseLease {key} {}", token.0);
+        let mut tx = self.store.begin(lease_lock(&ns, &key)).await?;
+        if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
+            return Ok(out);
+        }
+        let row = tx.lease_row(&ns, &key, false).await?;
+        if !lease::decide_release(row.as_ref(), &key, token, tx.now()) {
+            return Ok(false);
+        }
+        tx.end_lease(&ns, &key).await?;
+        tx.publish(Change::LeaseFreed { ns: ns.clone(), key: key.clone() }).await?;
+        remember(&mut *tx, &ns, rid.as_ref(), &call, &true).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// GetLease.
+    pub async fn get_lease(&self, ns: Namespace, key: LeaseKey) -> Result<LeaseView> {
+        let row = self.store.lease_row(&ns, &key).await?;
+        let now = self.store.now().await?;
+        Ok(LeaseView { lease: row.as_ref().and_then(|r| r.live(now)), last_token: row.map_or(0, |r| r.token.0) })
+    }
+}

@@ -1,0 +1,182 @@
+//! AppendEvents and StreamEvents (I6, I7, I8). A subscriber registers with the hub first,
+//! replays the table from its cursor, then tails signals; whenever it may have missed
+//! something (a gap, a lagging channel, a lost notification connection) it re-reads the
+//! table by seq. It ends right after `final`.
+
+use super::entities::{entity_lock, publish_tape};
+use super::hub::TapeSignal;
+use super::idempotency::{remember, replay};
+use super::leases::check_fence;
+use super::{Coordinator, Error, Result};
+use crate::domain::DomainError;
+use crate::domain::entity::Entity;
+use crate::domain::lease::Fence;
+use crate::domain::names::{EntityId, Namespace, RequestId};
+use crate::domain::tape::{self, EventInput, IfSealed, StoredEvent};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+
+/// Events read from the table per query while catching up.
+const PAGE: u32 = 256;
+/// Messages buffered per stream before the subscriber waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// A validated AppendEvents.
+#[derive(Debug, Clone)]
+pub struct AppendCmd {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Entity.
+    pub entity_id: EntityId,
+    /// Events.
+    pub events: Vec<EventInput>,
+    /// Fence.
+    pub fence: Option<Fence>,
+    /// Sealed-tape policy.
+    pub if_sealed: IfSealed,
+    /// Idempotency key.
+    pub request_id: Option<RequestId>,
+}
+
+/// Outcome of AppendEvents.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppendOutcome {
+    /// Seqs assigned.
+    pub seqs: Vec<u64>,
+    /// True when dropped on a sealed tape.
+    pub dropped: bool,
+    /// Seq of `final` when sealed.
+    pub final_seq: Option<u64>,
+}
+
+/// One message of an event stream.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    /// The next event.
+    Event(Arc<StoredEvent>),
+    /// Idle; up to date at this seq.
+    Heartbeat(u64),
+}
+
+impl Coordinator {
+    /// AppendEvents: gapless seqs after the head; nothing after `final`, ever (I7).
+    #[tracing::instrument(skip_all, fields(ns = %cmd.ns, id = %cmd.entity_id, n = cmd.events.len()))]
+    pub async fn append_events(&self, cmd: AppendCmd) -> Result<AppendOutcome> {
+        let call = format!("AppendEvents {}", cmd.entity_id);
+        let mut tx = self.store.begin(entity_lock(&cmd.ns, &cmd.entity_id)).await?;
+        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
+            return Ok(out);
+        }
+        let entity = tx
+            .entity(&cmd.ns, &cmd.entity_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound { what: "entity", name: cmd.entity_id.to_string() })?;
+        check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
+        let now = tx.now();
+        let events = match tape::plan_append(entity.last_seq, entity.final_seq, &cmd.events, cmd.if_sealed, now)? {
+            Err(final_seq) => return Ok(AppendOutcome { seqs: vec![], dropped: true, final_seq: Some(final_seq) }),
+            Ok(events) => events,
+        };
+        let head = events.last().map_or(entity.last_seq, |e| e.seq);
+        let after = Entity { last_seq: head, last_activity_at: now, ..entity };
+        tx.update_entity(&cmd.ns, &after).await?;
+        tx.insert_events(&cmd.ns, &after.id, &events).await?;
+        let out = AppendOutcome { seqs: events.iter().map(|e| e.seq).collect(), dropped: false, final_seq: None };
+        publish_tape(&mut *tx, &cmd.ns, &after.id, events).await?;
+        remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// StreamEvents: checks the entity exists, then feeds a channel from a spawned
+    /// subscriber. The channel closes after `final` (OK), or carries one error last.
+    pub async fn stream_events(&self, ns: Namespace, id: EntityId, after_seq: u64) -> Result<mpsc::Receiver<Result<StreamItem>>> {
+        // Subscribe before the first read: nothing committed after it can be missed.
+        let sub = self.hub.subscribe_tape(&ns, &id);
+        let entity = self.store.entity(&ns, &id).await?.ok_or_else(|| DomainError::NotFound { what: "entity", name: id.to_string() })?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut sub = sub;
+            let mut cursor = after_seq;
+            let done = if entity.final_seq.is_some_and(|f| cursor >= f) {
+                Ok(())
+            } else {
+                this.follow(&ns, &id, &mut cursor, &mut sub.rx, &tx).await
+            };
+            if let Err(e) = done {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn follow(
+        &self,
+        ns: &Namespace,
+        id: &EntityId,
+        cursor: &mut u64,
+        signals: &mut broadcast::Receiver<TapeSignal>,
+        out: &mpsc::Sender<Result<StreamItem>>,
+    ) -> Result<()> {
+        let mut shutdown = self.shutdown.clone();
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + self.config.heartbeat, self.config.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Send one event; Ok(true) once `final` went out (the stream is complete).
+        let send = |ev: Arc<StoredEvent>, cursor: &mut u64| {
+            let out = out.clone();
+            let seq = ev.seq;
+            let is_final = ev.is_final();
+            *cursor = seq;
+            async move { out.send(Ok(StreamItem::Event(ev))).await.map(|()| is_final).map_err(|_| ()) }
+        };
+        'catch_up: loop {
+            // Replay from the table until we hold everything stored.
+            loop {
+                let page = self.store.events(ns, id, *cursor, PAGE).await?;
+                let full = page.len() == PAGE as usize;
+                for ev in page {
+                    match send(Arc::new(ev), cursor).await {
+                        Ok(true) | Err(()) => return Ok(()),
+                        Ok(false) => heartbeat.reset(),
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            // Tail live signals.
+            loop {
+                tokio::select! {
+                    _ = super::raised(&mut shutdown) => return Err(Error::ShuttingDown { last_seq: Some(*cursor) }),
+                    _ = out.closed() => return Ok(()),
+                    _ = heartbeat.tick() => {
+                        if out.send(Ok(StreamItem::Heartbeat(*cursor))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    signal = signals.recv() => match signal {
+                        Ok(TapeSignal::Events(events)) => {
+                            for ev in events.iter() {
+                                if ev.seq <= *cursor {
+                                    continue;
+                                }
+                                if ev.seq != *cursor + 1 {
+                                    continue 'catch_up; // a gap: the table has what we missed
+                                }
+                                match send(ev.clone(), cursor).await {
+                                    Ok(true) | Err(()) => return Ok(()),
+                                    Ok(false) => heartbeat.reset(),
+                                }
+                            }
+                        }
+                        Ok(TapeSignal::Head(head)) if head > *cursor => continue 'catch_up,
+                        Ok(TapeSignal::Head(_)) => {}
+                        Ok(TapeSignal::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
+                        Err(broadcast::error::RecvError::Closed) => return Err(Error::ShuttingDown { last_seq: Some(*cursor) }),
+                    },
+                }
+            }
+        }
+    }
+}

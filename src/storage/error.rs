@@ -1,0 +1,64 @@
+//! Storage errors. sqlx errors are classified here and never leak upward.
+
+use crate::domain::DomainError;
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A rule was broken (found inside the transaction, e.g. a taken id).
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// The database cannot be reached or is shutting down: retry, maybe elsewhere.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Bad configuration (URL, file permissions).
+    #[error("{0}")]
+    Config(String),
+    /// Anything else: a bug or a corrupt row. Logged in full, reported without internals.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Classifies a sqlx error.
+    pub fn from_sqlx(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // Postgres: connection exceptions, admin shutdown, cannot connect now,
+                // too many connections. SQLite: busy / locked.
+                Some(c) if c.starts_with("08") || c == "57P01" || c == "57P03" || c == "53300" => {
+                    StoreError::Unavailable(e.to_string())
+                }
+                Some("5" | "6" | "261" | "517") => StoreError::Unavailable(e.to_string()),
+                _ => StoreError::Internal(e.to_string()),
+            },
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+
+    /// True for a unique-constraint violation (Postgres 23505, SQLite 1555/2067).
+    pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::from_sqlx(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => StoreError::from_sqlx(e),
+            other => StoreError::Internal(format!("migration failed: {other}")),
+        }
+    }
+}

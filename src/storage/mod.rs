@@ -1,0 +1,180 @@
+//! Storage: one [`Store`] trait, a Postgres adapter and a SQLite adapter, picked from the
+//! database URL scheme. The rules live in `domain`; a store only loads and saves, inside
+//! write transactions that begin with the key's lock ([`Store::begin`]).
+
+mod error;
+mod postgres;
+mod rows;
+mod sqlite;
+
+pub use error::StoreError;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use crate::domain::entity::Entity;
+use crate::domain::lease::{Lease, LeaseRow};
+use crate::domain::machine::Machine;
+use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
+use crate::domain::tape::StoredEvent;
+use crate::domain::time::{Clock, Timestamp};
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Result of storage calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A machine as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMachine {
+    /// The validated rules.
+    pub machine: Arc<Machine>,
+    /// 1, 2, 3 ... per redefinition.
+    pub version: u64,
+    /// When this version was stored.
+    pub defined_at: Timestamp,
+}
+
+/// A ListEntities query, validated.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Kind.
+    pub kind: Name,
+    /// Any of these states (all when empty).
+    pub states: Vec<Name>,
+    /// Fields that must be present.
+    pub has_fields: Vec<Name>,
+    /// Fields that must be absent.
+    pub missing_fields: Vec<Name>,
+    /// Page size.
+    pub limit: u32,
+    /// Ids strictly after this one.
+    pub after_id: Option<EntityId>,
+}
+
+/// A committed change, delivered to every replica's subscribers and lease waiters.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A tape grew to `head`. `events` holds the new events when they were small enough to
+    /// travel with the notification; otherwise it is empty and readers go to the table.
+    Tape { ns: Namespace, entity_id: EntityId, head: u64, events: Vec<Arc<StoredEvent>> },
+    /// A key's lease was released (waiters may now acquire).
+    LeaseFreed { ns: Namespace, key: LeaseKey },
+    /// Notifications may have been missed (lost connection, lagging hub): everyone re-reads.
+    Resync,
+}
+
+/// Which backend a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Postgres: many replicas, advisory locks, LISTEN/NOTIFY.
+    Postgres,
+    /// SQLite: one node, in-process wake-ups.
+    Sqlite,
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+    /// The clock (skew source in tests).
+    fn clock(&self) -> &Clock;
+    /// Begins a write transaction holding the lock of `lock_key` (see
+    /// [`crate::domain::names::lock_key`]); its clock is read after the lock is held.
+    async fn begin(&self, lock_key: i64) -> Result<Box<dyn WriteTx>>;
+    /// Store time now.
+    async fn now(&self) -> Result<Timestamp>;
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<()>;
+    /// A key's lease row.
+    async fn lease_row(&self, ns: &Namespace, key: &LeaseKey) -> Result<Option<LeaseRow>>;
+    /// A kind's machine.
+    async fn machine(&self, ns: &Namespace, kind: &Name) -> Result<Option<StoredMachine>>;
+    /// One entity.
+    async fn entity(&self, ns: &Namespace, id: &EntityId) -> Result<Option<Entity>>;
+    /// A page of entities, ordered by id.
+    async fn list_entities(&self, q: &ListQuery) -> Result<Vec<Entity>>;
+    /// Up to `limit` events with seq > `after`, in order.
+    async fn events(&self, ns: &Namespace, id: &EntityId, after: u64, limit: u32) -> Result<Vec<StoredEvent>>;
+    /// Deletes request outcomes stored before `before`; returns how many.
+    async fn purge_requests(&self, before: Timestamp) -> Result<u64>;
+    /// True when this replica should run housekeeping (one replica at a time).
+    async fn is_housekeeper(&self) -> Result<bool>;
+    /// Committed changes, from every replica.
+    fn changes(&self) -> broadcast::Receiver<Change>;
+    /// Stops background tasks (the notification listener) and closes connections.
+    async fn close(&self);
+}
+
+/// One write transaction. Dropping it without [`WriteTx::commit`] rolls back.
+#[async_trait]
+pub trait WriteTx: Send {
+    /// Store time, read once the transaction's lock was held.
+    fn now(&self) -> Timestamp;
+    /// Takes a shared lock on `lock_key` for the rest of the transaction (readers of a
+    /// machine take it so a redefinition, which takes it exclusively, waits for them).
+    async fn lock_shared(&mut self, lock_key: i64) -> Result<()>;
+    /// The stored outcome of `rid`: (method, JSON).
+    async fn request(&mut self, ns: &Namespace, rid: &RequestId) -> Result<Option<(String, String)>>;
+    /// Stores the outcome of `rid`.
+    async fn put_request(&mut self, ns: &Namespace, rid: &RequestId, method: &str, outcome: &str) -> Result<()>;
+    /// A key's lease row. With `share`, a concurrent acquire of the key waits for this
+    /// transaction (a fenced write and a takeover cannot interleave, I3).
+    async fn lease_row(&mut self, ns: &Namespace, key: &LeaseKey, share: bool) -> Result<Option<LeaseRow>>;
+    /// Writes the key's lease (creating the row on first grant).
+    async fn put_lease(&mut self, ns: &Namespace, lease: &Lease) -> Result<()>;
+    /// Ends the key's lease, keeping its token counter.
+    async fn end_lease(&mut self, ns: &Namespace, key: &LeaseKey) -> Result<()>;
+    /// A kind's machine.
+    async fn machine(&mut self, ns: &Namespace, kind: &Name) -> Result<Option<StoredMachine>>;
+    /// Creates or replaces a kind's machine.
+    async fn put_machine(&mut self, ns: &Namespace, m: &StoredMachine) -> Result<()>;
+    /// One of `states` that some entity of `kind` is in, if any.
+    async fn state_in_use(&mut self, ns: &Namespace, kind: &Name, states: &[&str]) -> Result<Option<String>>;
+    /// One entity.
+    async fn entity(&mut self, ns: &Namespace, id: &EntityId) -> Result<Option<Entity>>;
+    /// The entity holding a dedup key.
+    async fn entity_by_dedup(&mut self, ns: &Namespace, kind: &Name, dedup: &DedupKey) -> Result<Option<Entity>>;
+    /// Inserts a new entity; `AlreadyExists` when the id is taken.
+    async fn insert_entity(&mut self, ns: &Namespace, e: &Entity) -> Result<()>;
+    /// Saves an entity's state, version, fields, times and tape head.
+    async fn update_entity(&mut self, ns: &Namespace, e: &Entity) -> Result<()>;
+    /// Appends numbered events.
+    async fn insert_events(&mut self, ns: &Namespace, id: &EntityId, events: &[StoredEvent]) -> Result<()>;
+    /// Announces a change to every replica once the transaction commits.
+    async fn publish(&mut self, change: Change) -> Result<()>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Opens the store a database URL names: `postgres://…` / `postgresql://…` or
+/// `sqlite:…`. Runs migrations.
+pub async fn connect(url: &str, clock: Clock, pool_size: u32) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, clock, pool_size).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, clock).await?))
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported database URL {:?}: use postgres://user@host/db or sqlite:path/to/file.db",
+            redact(url)
+        )))
+    }
+}
+
+/// A URL with any password replaced, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

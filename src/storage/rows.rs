@@ -1,0 +1,438 @@
+//! SQL shared by both backends (SQLite accepts Postgres' `$N` placeholders) and the
+//! conversions from result tuples to domain values. Rows are decoded as tuples, which sqlx
+//! decodes for either backend, so each conversion below is written once.
+
+use super::{Result, StoreError, StoredMachine};
+use crate::domain::entity::{Entity, Fields};
+use crate::domain::lease::{FencingToken, LeaseRow};
+use crate::domain::machine::{Machine, MachineSpec};
+use crate::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name};
+use crate::domain::tape::StoredEvent;
+use crate::domain::time::Timestamp;
+use std::sync::Arc;
+
+pub type LeaseTuple = (String, i64, Option<String>, i64, i64);
+
+pub const SELECT_LEASE: &str =
+    "SELECT key, token, holder, acquired_at_us, expires_at_us FROM leases WHERE namespace = $1 AND key = $2";
+pub const UPSERT_LEASE: &str = "INSERT INTO leases (namespace, key, token, holder, acquired_at_us, expires_at_us) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (namespace, key) DO UPDATE SET token = excluded.token, holder = excluded.holder, \
+     acquired_at_us = excluded.acquired_at_us, expires_at_us = excluded.expires_at_us";
+pub const END_LEASE: &str = "UPDATE leases SET holder = NULL WHERE namespace = $1 AND key = $2";
+
+pub const SELECT_REQUEST: &str = "SELECT method, outcome FROM requests WHERE namespace = $1 AND request_id = $2";
+pub const INSERT_REQUEST: &str =
+    "INSERT INTO requests (namespace, request_id, method, outcome, created_at_us) VALUES ($1, $2, $3, $4, $5)";
+pub const PURGE_REQUESTS: &str = "DELETE FROM requests WHERE created_at_us < $1";
+
+pub type MachineTuple = (i64, String, i64);
+pub const SELECT_MACHINE: &str = "SELECT version, spec, defined_at_us FROM machines WHERE namespace = $1 AND kind = $2";
+pub const UPSERT_MACHINE: &str = "INSERT INTO machines (namespace, kind, version, spec, defined_at_us) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (namespace, kind) DO UPDATE SET version = excluded.version, spec = excluded.spec, \
+     defined_at_us = excluded.defined_at_us";
+
+pub const ENTITY_COLS: &str =
+    "id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us, last_activity_at_us, last_seq, final_seq";
+pub type EntityTuple = (String, String, String, i64, String, Option<String>, i64, i64, i64, i64, Option<i64>);
+pub const SELECT_ENTITY: &str = "SELECT id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us, \
+     last_activity_at_us, last_seq, final_seq FROM entities WHERE namespace = $1 AND id = $2";
+pub const SELECT_ENTITY_BY_DEDUP: &str = "SELECT id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us, \
+     last_activity_at_us, last_seq, final_seq FROM entities WHERE namespace = $1 AND kind = $2 AND dedup_key = $3";
+pub const INSERT_ENTITY: &str = "INSERT INTO entities (namespace, id, kind, state, version, fields, dedup_key, created_at_us, \
+     updated_at_us, last_activity_at_us, last_seq, final_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+pub const UPDATE_ENTITY: &str = "UPDATE entities SET state = $3, version = $4, fields = $5, updated_at_us = $6, \
+     last_activity_at_us = $7, last_seq = $8, final_seq = $9 WHERE namespace = $1 AND id = $2";
+pub const STATE_IN_USE: &str = "SELECT state FROM entities WHERE namespace = $1 AND kind = $2 AND state = $3 LIMIT 1";
+
+pub type EventTuple = (i64, String, String, Vec<u8>, Option<String>, i64);
+pub const SELECT_EVENTS: &str = "SELECT seq, type, content_type, payload, state, created_at_us FROM events \
+     WHERE namespace = $1 AND entity_id = $2 AND seq > $3 ORDER BY seq LIMIT $4";
+pub const INSERT_EVENTS_PREFIX: &str =
+    "INSERT INTO events (namespace, entity_id, seq, type, content_type, payload, state, created_at_us) ";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("corrupt {what} row: {e}"))
+}
+
+pub fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub fn lease_row((key, token, holder, acquired, expires): LeaseTuple) -> Result<LeaseRow> {
+    Ok(LeaseRow {
+        key: LeaseKey::parse("key", key).map_err(|e| corrupt("lease", e))?,
+        token: FencingToken(to_u64(token)),
+        holder: holder.map(|h| Holder::parse("holder", h)).transpose().map_err(|e| corrupt("lease", e))?,
+        acquired_at: Timestamp(acquired),
+        expires_at: Timestamp(expires),
+    })
+}
+
+pub fn machine((version, spec, defined_at): MachineTuple) -> Result<StoredMachine> {
+    let spec: MachineSpec = serde_json::from_str(&spec).map_err(|e| corrupt("machine", e))?;
+    let machine = Machine::parse(spec).map_err(|e| corrupt("machine", e))?;
+    Ok(StoredMachine { machine: Arc::new(machine), version: to_u64(version), defined_at: Timestamp(defined_at) })
+}
+
+pub fn machine_json(m: &StoredMachine) -> Result<String> {
+    serde_json::to_string(m.machine.spec()).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+pub fn entity(t: EntityTuple) -> Result<Entity> {
+    let (id, kind, state, version, fields, dedup, created, updated, activity, last_seq, final_seq) = t;
+    let fields: Fields = serde_json::from_str(&fields).map_err(|e| corrupt("entity", e))?;
+    Ok(Entity {
+        id: EntityId::parse("id", id).map_err(|e| corrupt("entity", e))?,
+        kind: Name::parse("kind", kind).map_err(|e| corrupt("entity", e))?,
+        state,
+        version: to_u64(version),
+        fields,
+        dedup_key: dedup.map(|d| DedupKey::parse("dedup_key", d)).transpose().map_err(|e| corrupt("entity", e))?,
+        created_at: Timestamp(created),
+        updated_at: Timestamp(updated),
+        last_activity_at: Timestamp(activity),
+        last_seq: to_u64(last_seq),
+        final_seq: final_seq.map(to_u64),
+    })
+}
+
+pub fn fields_json(f: &Fields) -> String {
+    // A map of strings always serializes.
+    serde_json::to_string(f).unwrap_or_else(|_| "{}".into())
+}
+
+pub fn event((seq, event_type, content_type, payload, state, created): EventTuple) -> StoredEvent {
+    StoredEvent { seq: to_u64(seq), event_type, payload, content_type, state, created_at: Timestamp(created) }
+}
+
+/// Builds the ListEntities statement. `presence(i)` renders "field number i is present"
+/// in the backend's JSON dialect; binds are ns, kind, states..., fields..., after, limit.
+pub fn list_sql(q: &super::ListQuery, presence: impl Fn(usize) -> String) -> String {
+    let mut sql = format!("SELECT {ENTITY_COLS} FROM entities WHERE namespace = $1 AND kind = $2");
+    let mut n = 2;
+    if !q.states.is_empty() {
+        let marks: Vec<String> = q.states.iter().map(|_| { n += 1; format!("${n}") }).collect();
+        sql += &format!(" AND state IN ({})", marks.join(", "));
+    }
+    for _ in &q.has_fields {
+        n += 1;
+        sql += &format!(" AND {}", presence(n));
+    }
+    for _ in &q.missing_fields {
+        n += 1;
+        sql += &format!(" AND NOT {}", presence(n));
+    }
+    if q.after_id.is_some() {
+        n += 1;
+        sql += &format!(" AND id > ${n}");
+    }
+    sql += &format!(" ORDER BY id LIMIT ${}", n + 1);
+    sql
+}
+
+/// Generates the [`super::WriteTx`] impl shared by both backends. The backend's type must
+/// have fields `tx: sqlx::Transaction<'static, $db>` and `now: Timestamp`, and inherent
+/// methods `lock_shared_impl`, `publish_impl`, `commit_impl`. `$lease_share_sql` is the
+/// backend's "read the lease row and hold off takeovers" statement.
+macro_rules! impl_write_tx {
+    ($ty:ty, $db:ty, $lease_share_sql:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::storage::WriteTx for $ty {
+            fn now(&self) -> $crate::domain::time::Timestamp {
+                self.now
+            }
+
+            async fn lock_shared(&mut self, lock_key: i64) -> $crate::storage::Result<()> {
+                self.lock_shared_impl(lock_key).await
+            }
+
+            async fn request(&mut self, ns: &Namespace, rid: &RequestId) -> $crate::storage::Result<Option<(String, String)>> {
+                Ok(sqlx::query_as::<$db, (String, String)>(rows::SELECT_REQUEST)
+                    .bind(ns.as_str())
+                    .bind(rid.as_str())
+                    .fetch_optional(&mut *self.tx)
+                    .await?)
+            }
+
+            async fn put_request(&mut self, ns: &Namespace, rid: &RequestId, method: &str, outcome: &str) -> $crate::storage::Result<()> {
+                sqlx::query::<$db>(rows::INSERT_REQUEST)
+                    .bind(ns.as_str())
+                    .bind(rid.as_str())
+                    .bind(method)
+                    .bind(outcome)
+                    .bind(self.now.0)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn lease_row(&mut self, ns: &Namespace, key: &LeaseKey, share: bool) -> $crate::storage::Result<Option<LeaseRow>> {
+                let sql = if share { $lease_share_sql } else { rows::SELECT_LEASE };
+                sqlx::query_as::<$db, rows::LeaseTuple>(sql)
+                    .bind(ns.as_str())
+                    .bind(key.as_str())
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+                    .map(rows::lease_row)
+                    .transpose()
+            }
+
+            async fn put_lease(&mut self, ns: &Namespace, lease: &Lease) -> $crate::storage::Result<()> {
+                sqlx::query::<$db>(rows::UPSERT_LEASE)
+                    .bind(ns.as_str())
+                    .bind(lease.key.as_str())
+                    .bind(rows::to_i64(lease.token.0))
+                    .bind(lease.holder.as_str())
+                    .bind(lease.acquired_at.0)
+                    .bind(lease.expires_at.0)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn end_lease(&mut self, ns: &Namespace, key: &LeaseKey) -> $crate::storage::Result<()> {
+                sqlx::query::<$db>(rows::END_LEASE).bind(ns.as_str()).bind(key.as_str()).execute(&mut *self.tx).await?;
+                Ok(())
+            }
+
+            async fn machine(&mut self, ns: &Namespace, kind: &Name) -> $crate::storage::Result<Option<StoredMachine>> {
+                sqlx::query_as::<$db, rows::MachineTuple>(rows::SELECT_MACHINE)
+                    .bind(ns.as_str())
+                    .bind(kind.as_str())
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+                    .map(rows::machine)
+                    .transpose()
+            }
+
+            async fn put_machine(&mut self, ns: &Namespace, m: &StoredMachine) -> $crate::storage::Result<()> {
+                sqlx::query::<$db>(rows::UPSERT_MACHINE)
+                    .bind(ns.as_str())
+                    .bind(m.machine.kind())
+                    .bind(rows::to_i64(m.version))
+                    .bind(rows::machine_json(m)?)
+                    .bind(m.defined_at.0)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn state_in_use(&mut self, ns: &Namespace, kind: &Name, states: &[&str]) -> $crate::storage::Result<Option<String>> {
+                for state in states {
+                    let found = sqlx::query_as::<$db, (String,)>(rows::STATE_IN_USE)
+                        .bind(ns.as_str())
+                        .bind(kind.as_str())
+                        .bind(*state)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                    if let Some((s,)) = found {
+                        return Ok(Some(s));
+                    }
+                }
+                Ok(None)
+            }
+
+            async fn entity(&mut self, ns: &Namespace, id: &EntityId) -> $crate::storage::Result<Option<Entity>> {
+                sqlx::query_as::<$db, rows::EntityTuple>(rows::SELECT_ENTITY)
+                    .bind(ns.as_str())
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+                    .map(rows::entity)
+                    .transpose()
+            }
+
+            async fn entity_by_dedup(&mut self, ns: &Namespace, kind: &Name, dedup: &DedupKey) -> $crate::storage::Result<Option<Entity>> {
+                sqlx::query_as::<$db, rows::EntityTuple>(rows::SELECT_ENTITY_BY_DEDUP)
+                    .bind(ns.as_str())
+                    .bind(kind.as_str())
+                    .bind(dedup.as_str())
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+                    .map(rows::entity)
+                    .transpose()
+            }
+
+            async fn insert_entity(&mut self, ns: &Namespace, e: &Entity) -> $crate::storage::Result<()> {
+                let res = sqlx::query::<$db>(rows::INSERT_ENTITY)
+                    .bind(ns.as_str())
+                    .bind(e.id.as_str())
+                    .bind(e.kind.as_str())
+                    .bind(e.state.as_str())
+                    .bind(rows::to_i64(e.version))
+                    .bind(rows::fields_json(&e.fields))
+                    .bind(e.dedup_key.as_ref().map(|d| d.as_str().to_string()))
+                    .bind(e.created_at.0)
+                    .bind(e.updated_at.0)
+                    .bind(e.last_activity_at.0)
+                    .bind(rows::to_i64(e.last_seq))
+                    .bind(e.final_seq.map(rows::to_i64))
+                    .execute(&mut *self.tx)
+                    .await;
+                match res {
+                    Ok(_) => Ok(()),
+                    Err(err) if StoreError::is_unique_violation(&err) => Err(StoreError::Rejected(
+                        $crate::domain::DomainError::AlreadyExists { what: "entity", name: e.id.to_string() },
+                    )),
+                    Err(err) => Err(err.into()),
+                }
+            }
+
+            async fn update_entity(&mut self, ns: &Namespace, e: &Entity) -> $crate::storage::Result<()> {
+                sqlx::query::<$db>(rows::UPDATE_ENTITY)
+                    .bind(ns.as_str())
+                    .bind(e.id.as_str())
+                    .bind(e.state.as_str())
+                    .bind(rows::to_i64(e.version))
+                    .bind(rows::fields_json(&e.fields))
+                    .bind(e.updated_at.0)
+                    .bind(e.last_activity_at.0)
+                    .bind(rows::to_i64(e.last_seq))
+                    .bind(e.final_seq.map(rows::to_i64))
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_events(&mut self, ns: &Namespace, id: &EntityId, events: &[StoredEvent]) -> $crate::storage::Result<()> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(rows::INSERT_EVENTS_PREFIX);
+                qb.push_values(events, |mut b, ev| {
+                    b.push_bind(ns.as_str().to_string())
+                        .push_bind(id.as_str().to_string())
+                        .push_bind(rows::to_i64(ev.seq))
+                        .push_bind(ev.event_type.clone())
+                        .push_bind(ev.content_type.clone())
+                        .push_bind(ev.payload.clone())
+                        .push_bind(ev.state.clone())
+                        .push_bind(ev.created_at.0);
+                });
+                qb.build().execute(&mut *self.tx).await?;
+                Ok(())
+            }
+
+            async fn publish(&mut self, change: $crate::storage::Change) -> $crate::storage::Result<()> {
+                self.publish_impl(change).await
+            }
+
+            async fn commit(self: Box<Self>) -> $crate::storage::Result<()> {
+                (*self).commit_impl().await
+            }
+        }
+    };
+}
+pub(crate) use impl_write_tx;
+
+/// Generates the [`super::Store`] impl shared by both backends. The backend's type must
+/// have fields `read_pool: sqlx::Pool<$db>`, `clock: Clock`, `changes:
+/// broadcast::Sender<Change>` and inherent methods `begin_impl`, `now_impl`,
+/// `is_housekeeper_impl`, `close_impl`. `$presence` renders "field `$n` is present".
+macro_rules! impl_store {
+    ($ty:ty, $db:ty, $backend:expr, $presence:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::storage::Store for $ty {
+            fn backend(&self) -> $crate::storage::Backend {
+                $backend
+            }
+
+            fn clock(&self) -> &Clock {
+                &self.clock
+            }
+
+            async fn begin(&self, lock_key: i64) -> $crate::storage::Result<Box<dyn $crate::storage::WriteTx>> {
+                Ok(Box::new(self.begin_impl(lock_key).await?))
+            }
+
+            async fn now(&self) -> $crate::storage::Result<Timestamp> {
+                self.now_impl().await
+            }
+
+            async fn ping(&self) -> $crate::storage::Result<()> {
+                sqlx::query::<$db>("SELECT 1").execute(&self.read_pool).await?;
+                Ok(())
+            }
+
+            async fn lease_row(&self, ns: &Namespace, key: &LeaseKey) -> $crate::storage::Result<Option<LeaseRow>> {
+                sqlx::query_as::<$db, rows::LeaseTuple>(rows::SELECT_LEASE)
+                    .bind(ns.as_str())
+                    .bind(key.as_str())
+                    .fetch_optional(&self.read_pool)
+                    .await?
+                    .map(rows::lease_row)
+                    .transpose()
+            }
+
+            async fn machine(&self, ns: &Namespace, kind: &Name) -> $crate::storage::Result<Option<StoredMachine>> {
+                sqlx::query_as::<$db, rows::MachineTuple>(rows::SELECT_MACHINE)
+                    .bind(ns.as_str())
+                    .bind(kind.as_str())
+                    .fetch_optional(&self.read_pool)
+                    .await?
+                    .map(rows::machine)
+                    .transpose()
+            }
+
+            async fn entity(&self, ns: &Namespace, id: &EntityId) -> $crate::storage::Result<Option<Entity>> {
+                sqlx::query_as::<$db, rows::EntityTuple>(rows::SELECT_ENTITY)
+                    .bind(ns.as_str())
+                    .bind(id.as_str())
+                    .fetch_optional(&self.read_pool)
+                    .await?
+                    .map(rows::entity)
+                    .transpose()
+            }
+
+            async fn list_entities(&self, q: &$crate::storage::ListQuery) -> $crate::storage::Result<Vec<Entity>> {
+                let sql = rows::list_sql(q, $presence);
+                let mut query = sqlx::query_as::<$db, rows::EntityTuple>(sqlx::AssertSqlSafe(sql))
+                    .bind(q.ns.as_str())
+                    .bind(q.kind.as_str());
+                for s in q.states.iter().chain(&q.has_fields).chain(&q.missing_fields) {
+                    query = query.bind(s.as_str());
+                }
+                if let Some(after) = &q.after_id {
+                    query = query.bind(after.as_str());
+                }
+                query.bind(i64::from(q.limit)).fetch_all(&self.read_pool).await?.into_iter().map(rows::entity).collect()
+            }
+
+            async fn events(&self, ns: &Namespace, id: &EntityId, after: u64, limit: u32) -> $crate::storage::Result<Vec<StoredEvent>> {
+                Ok(sqlx::query_as::<$db, rows::EventTuple>(rows::SELECT_EVENTS)
+                    .bind(ns.as_str())
+                    .bind(id.as_str())
+                    .bind(rows::to_i64(after))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read_pool)
+                    .await?
+                    .into_iter()
+                    .map(rows::event)
+                    .collect())
+            }
+
+            async fn purge_requests(&self, before: Timestamp) -> $crate::storage::Result<u64> {
+                let done = sqlx::query::<$db>(rows::PURGE_REQUESTS).bind(before.0).execute(&self.write_pool).await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn is_housekeeper(&self) -> $crate::storage::Result<bool> {
+                self.is_housekeeper_impl().await
+            }
+
+            fn changes(&self) -> tokio::sync::broadcast::Receiver<$crate::storage::Change> {
+                self.changes.subscribe()
+            }
+
+            async fn close(&self) {
+                self.close_impl().await
+            }
+        }
+    };
+}
+pub(crate) use impl_store;
