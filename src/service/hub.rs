@@ -97,6 +97,12 @@ impl Hub {
         LeaseWaiter { notify, hub: self.clone(), key: k }
     }
 
+    /// Number of callers waiting on a lease key (for tests and metrics).
+    pub fn lease_waiters(&self, ns: &Namespace, key: &LeaseKey) -> usize {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.get(&(ns.clone(), key.clone())).map_or(0, |n| Arc::strong_count(n) - 1)
+    }
+
     /// Number of entities with local subscribers (for tests and metrics).
     pub fn subscribed_tapes(&self) -> usize {
         self.tapes.lock().unwrap_or_else(|p| p.into_inner()).len()

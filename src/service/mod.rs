@@ -61,6 +61,11 @@ impl Coordinator {
         &self.store
     }
 
+    /// The replica's wake-up hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     /// Deletes expired request outcomes when this replica is the housekeeper.
     pub async fn housekeeping(&self) -> Result<u64> {
         if !self.store.is_housekeeper().await? {

@@ -1,0 +1,245 @@
+//! The `Store` contract, run against both backends: what every adapter must do, tested
+//! on the trait alone (no gRPC, no service).
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestDb};
+use baton::domain::DomainError;
+use baton::domain::entity::{Entity, Fields};
+use baton::domain::lease::{FencingToken, Lease};
+use baton::domain::machine::{Machine, parse_machines_toml};
+use baton::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name, Namespace, RequestId, lock_key, lock_space};
+use baton::domain::tape::StoredEvent;
+use baton::domain::time::{Clock, Timestamp};
+use baton::storage::{self, Change, ListQuery, Store, StoreError, StoredMachine};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn store(db: &TestDb, clock: Clock) -> Arc<dyn Store> {
+    storage::connect(&db.url, clock, 4).await.expect("store connects")
+}
+
+fn ns() -> Namespace {
+    Namespace::parse("ns", "contract".into()).unwrap()
+}
+
+fn key(s: &str) -> LeaseKey {
+    LeaseKey::parse("key", s.into()).unwrap()
+}
+
+fn lease(k: &str, holder: &str, token: u64, now: Timestamp) -> Lease {
+    Lease {
+        key: key(k),
+        holder: Holder::parse("h", holder.into()).unwrap(),
+        token: FencingToken(token),
+        acquired_at: now,
+        expires_at: now.plus(Duration::from_secs(10)),
+    }
+}
+
+fn entity(id: &str, dedup: Option<&str>, now: Timestamp) -> Entity {
+    Entity {
+        id: EntityId::parse("id", id.into()).unwrap(),
+        kind: Name::parse("k", "task".into()).unwrap(),
+        state: "pending".into(),
+        version: 1,
+        fields: Fields::from([("note".to_string(), "a".to_string())]),
+        dedup_key: dedup.map(|d| DedupKey::parse("d", d.into()).unwrap()),
+        created_at: now,
+        updated_at: now,
+        last_activity_at: now,
+        last_seq: 0,
+        final_seq: None,
+    }
+}
+
+fn event(seq: u64, t: &str, now: Timestamp) -> StoredEvent {
+    StoredEvent { seq, event_type: t.into(), payload: vec![seq as u8, 0, 255], content_type: "x/y".into(), state: None, created_at: now }
+}
+
+async fn lease_rows_keep_their_token_counter(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let k = key("k");
+    let mut tx = s.begin(lock_key(&ns(), lock_space::LEASE, "k")).await.unwrap();
+    assert_eq!(tx.lease_row(&ns(), &k, false).await.unwrap(), None);
+    let now = tx.now();
+    tx.put_lease(&ns(), &lease("k", "a", 1, now)).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin(lock_key(&ns(), lock_space::LEASE, "k")).await.unwrap();
+    tx.end_lease(&ns(), &k).await.unwrap();
+    tx.commit().await.unwrap();
+    let row = s.lease_row(&ns(), &k).await.unwrap().expect("row outlives the lease");
+    assert_eq!((row.token, row.holder.clone()), (FencingToken(1), None));
+    assert!(row.live(s.now().await.unwrap()).is_none());
+}
+
+async fn dropped_transactions_roll_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    {
+        let mut tx = s.begin(1).await.unwrap();
+        let now = tx.now();
+        tx.put_lease(&ns(), &lease("gone", "a", 1, now)).await.unwrap();
+        tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap();
+    }
+    assert_eq!(s.lease_row(&ns(), &key("gone")).await.unwrap(), None);
+    assert_eq!(s.entity(&ns(), &EntityId::parse("id", "e1".into()).unwrap()).await.unwrap(), None);
+}
+
+async fn entities_ids_and_dedup_keys_are_unique(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let mut tx = s.begin(1).await.unwrap();
+    let now = tx.now();
+    tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
+    let err = tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })), "{err:?}");
+    drop(tx);
+    let mut tx = s.begin(1).await.unwrap();
+    tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
+    let err = tx.insert_entity(&ns(), &entity("e2", Some("d"), now)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })), "dedup index: {err:?}");
+    drop(tx);
+    let mut tx = s.begin(1).await.unwrap();
+    tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
+    let kind = Name::parse("k", "task".into()).unwrap();
+    let found = tx.entity_by_dedup(&ns(), &kind, &DedupKey::parse("d", "d".into()).unwrap()).await.unwrap().unwrap();
+    assert_eq!(found.id.as_str(), "e1");
+    tx.commit().await.unwrap();
+    let other = Namespace::parse("ns", "other".into()).unwrap();
+    assert_eq!(s.entity(&other, &found.id).await.unwrap(), None, "I12: namespaces are disjoint");
+    assert_eq!(s.entity(&ns(), &found.id).await.unwrap(), Some(entity("e1", Some("d"), now)));
+}
+
+async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let id = EntityId::parse("id", "e1".into()).unwrap();
+    let mut changes = s.changes();
+    let mut tx = s.begin(1).await.unwrap();
+    let now = tx.now();
+    tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap();
+    let evs: Vec<_> = (1..=5).map(|i| event(i, if i == 5 { "final" } else { "p" }, now)).collect();
+    tx.insert_events(&ns(), &id, &evs).await.unwrap();
+    tx.publish(Change::Tape { ns: ns(), entity_id: id.clone(), head: 5, events: evs.iter().cloned().map(Arc::new).collect() }).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.events(&ns(), &id, 0, 100).await.unwrap(), evs);
+    assert_eq!(s.events(&ns(), &id, 2, 2).await.unwrap(), evs[2..4].to_vec());
+    // The change reaches subscribers after commit (NOTIFY or in-process).
+    let got = loop {
+        match tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("change announced").unwrap() {
+            Change::Tape { head, events, .. } => break (head, events.len()),
+            _ => continue,
+        }
+    };
+    assert_eq!(got, (5, 5));
+    // I6/I7 in the schema itself: no seq twice, no second final.
+    let mut tx = s.begin(1).await.unwrap();
+    assert!(tx.insert_events(&ns(), &id, &[event(3, "p", now)]).await.is_err());
+    drop(tx);
+    let mut tx = s.begin(1).await.unwrap();
+    assert!(tx.insert_events(&ns(), &id, &[event(6, "final", now)]).await.is_err());
+}
+
+async fn request_outcomes_are_recorded_and_purged(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clock = Clock::system();
+    let s = store(&db, clock.clone()).await;
+    let rid = RequestId::parse_optional("r", "r1".into()).unwrap().unwrap();
+    let mut tx = s.begin(1).await.unwrap();
+    tx.put_request(&ns(), &rid, "M", "{\"a\":1}").await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin(1).await.unwrap();
+    assert_eq!(tx.request(&ns(), &rid).await.unwrap(), Some(("M".into(), "{\"a\":1}".into())));
+    assert!(tx.put_request(&ns(), &rid, "M", "{}").await.is_err(), "one outcome per request id");
+    drop(tx);
+    assert!(s.is_housekeeper().await.unwrap());
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(s.purge_requests(s.now().await.unwrap()).await.unwrap(), 1);
+}
+
+async fn machines_and_listing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
+    let spec = parse_machines_toml(&text).unwrap().into_iter().find(|m| m.kind == "task").unwrap();
+    let kind = Name::parse("k", "task".into()).unwrap();
+    let mut tx = s.begin(1).await.unwrap();
+    let now = tx.now();
+    let m = StoredMachine { machine: Arc::new(Machine::parse(spec).unwrap()), version: 1, defined_at: now };
+    tx.put_machine(&ns(), &m).await.unwrap();
+    for (i, state) in ["pending", "running", "running"].iter().enumerate() {
+        let mut e = entity(&format!("e{i}"), None, now);
+        e.state = state.to_string();
+        if i == 2 {
+            e.fields.insert("turn".into(), "t".into());
+        }
+        tx.insert_entity(&ns(), &e).await.unwrap();
+    }
+    assert_eq!(tx.state_in_use(&ns(), &kind, &["failed", "running"]).await.unwrap(), Some("running".into()));
+    assert_eq!(tx.state_in_use(&ns(), &kind, &["failed"]).await.unwrap(), None);
+    tx.commit().await.unwrap();
+    assert_eq!(s.machine(&ns(), &kind).await.unwrap(), Some(m));
+    let q = |states: &[&str], has: &[&str], missing: &[&str], after: Option<&str>| ListQuery {
+        ns: ns(),
+        kind: kind.clone(),
+        states: states.iter().map(|s| Name::parse("s", s.to_string()).unwrap()).collect(),
+        has_fields: has.iter().map(|s| Name::parse("s", s.to_string()).unwrap()).collect(),
+        missing_fields: missing.iter().map(|s| Name::parse("s", s.to_string()).unwrap()).collect(),
+        limit: 10,
+        after_id: after.map(|a| EntityId::parse("a", a.into()).unwrap()),
+    };
+    let ids = |v: Vec<Entity>| v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_entities(&q(&[], &[], &[], None)).await.unwrap()), ["e0", "e1", "e2"]);
+    assert_eq!(ids(s.list_entities(&q(&["running"], &[], &[], None)).await.unwrap()), ["e1", "e2"]);
+    assert_eq!(ids(s.list_entities(&q(&["running"], &[], &["turn"], None)).await.unwrap()), ["e1"]);
+    assert_eq!(ids(s.list_entities(&q(&[], &["turn", "note"], &[], None)).await.unwrap()), ["e2"]);
+    assert_eq!(ids(s.list_entities(&q(&[], &[], &[], Some("e0"))).await.unwrap()), ["e1", "e2"]);
+}
+
+async fn writers_of_one_key_serialize(backend: Backend) {
+    // 16 concurrent read-modify-write increments of one counter, each in its own
+    // transaction under the key's lock: none may be lost.
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let lock = lock_key(&ns(), lock_space::LEASE, "ctr");
+    let mut tasks = vec![];
+    for i in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = s.begin(lock).await.unwrap();
+            let row = tx.lease_row(&ns(), &key("ctr"), false).await.unwrap();
+            let next = row.map_or(1, |r| r.token.0 + 1);
+            let now = tx.now();
+            tx.put_lease(&ns(), &lease("ctr", &format!("h{i}"), next, now)).await.unwrap();
+            tx.commit().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.lease_row(&ns(), &key("ctr")).await.unwrap().unwrap().token, FencingToken(16));
+}
+
+async fn clock_skew_is_store_time(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clock = Clock::system();
+    let s = store(&db, clock.clone()).await;
+    let before = s.now().await.unwrap();
+    clock.advance(Duration::from_secs(3600));
+    let after = s.now().await.unwrap();
+    assert!(after.0 - before.0 >= 3_600_000_000, "{before:?} -> {after:?}");
+    let tx = s.begin(7).await.unwrap();
+    assert!(tx.now() >= after);
+}
+
+both_backends!(
+    lease_rows_keep_their_token_counter,
+    dropped_transactions_roll_back,
+    entities_ids_and_dedup_keys_are_unique,
+    events_read_back_in_seq_order_and_one_final,
+    request_outcomes_are_recorded_and_purged,
+    machines_and_listing,
+    writers_of_one_key_serialize,
+    clock_skew_is_store_time,
+);

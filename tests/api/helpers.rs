@@ -1,0 +1,325 @@
+//! Test harness: a real server on 127.0.0.1:0, started through the same `Application`
+//! the binary uses, on a fresh database per test (a new Postgres database, or a new SQLite
+//! file), talked to over real gRPC. Postgres tests never skip: without a reachable server
+//! they fail and say what to install.
+
+use baton::app::{Application, Settings};
+use baton::domain::time::Clock;
+use baton::proto::coordinator_client::CoordinatorClient;
+use baton::proto::{self};
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `async fn name(backend)` once per backend, as tests `name::sqlite` and
+/// `name::postgres`: `both_backends!(name);`
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )+};
+}
+
+/// The admin URL of the Postgres that tests create their databases in.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_env_filter("info,baton=debug").with_test_writer().try_init();
+        }
+    });
+}
+
+/// A fresh database, dropped (Postgres) or deleted (SQLite) when the test ends.
+pub struct TestDb {
+    pub url: String,
+    backend: Backend,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        init_logging();
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite:{}", dir.path().join("baton.db").display());
+                Self { url, backend, pg_name: None, _dir: Some(dir) }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "Postgres tests need a PostgreSQL server at {admin} ({e}).\n\
+                         Install and start one (Debian: apt-get install postgresql && \
+                         pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start), \
+                         or point DATABASE_URL at a server where the user may CREATE DATABASE."
+                    )
+                });
+                let name = format!("baton_test_{}", uuid::Uuid::now_v7().simple());
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+                Self { url: format!("{base}/{name}"), backend, pg_name: Some(name), _dir: None }
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        // Best effort, on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A running server.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub clock: Clock,
+    pub coordinator: baton::service::Coordinator,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), baton::app::AppError>>>,
+}
+
+/// Settings for a test server on `url`.
+pub fn test_settings(url: &str) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: url.to_string(),
+        drain: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(15),
+        pool_size: 8,
+        ..Settings::default()
+    }
+}
+
+impl TestApp {
+    /// Starts a server on `url` with these settings and clock.
+    pub async fn start_with(settings: Settings, clock: Clock) -> Self {
+        let app = Application::build_with_clock(settings, clock.clone()).await.expect("server builds");
+        let addr = app.local_addr();
+        let coordinator = app.coordinator().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, clock, coordinator, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Starts a server on `db` with default test settings.
+    pub async fn start(db: &TestDb, clock: Clock) -> Self {
+        Self::start_with(test_settings(&db.url), clock).await
+    }
+
+    /// A new client on its own HTTP/2 connection.
+    pub async fn client(&self) -> CoordinatorClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect to test server");
+        CoordinatorClient::new(channel)
+    }
+
+    /// A raw channel (health, reflection).
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect to test server")
+    }
+
+    /// Graceful shutdown; returns what `run_until_stopped` returned.
+    pub async fn stop(mut self) -> Result<(), baton::app::AppError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.take().unwrap().await.expect("server task")
+    }
+
+    /// Abrupt end: the server task is aborted, connections drop mid-call.
+    pub fn kill(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A fresh database and one server on it, machines of examples/machines.toml defined in `ns`.
+pub async fn spawn_app(backend: Backend) -> (TestDb, TestApp) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::start(&db, Clock::system()).await;
+    define_examples(&app, NS).await;
+    (db, app)
+}
+
+/// The namespace tests use.
+pub const NS: &str = "test";
+
+/// Defines every machine of examples/machines.toml in `ns`.
+pub async fn define_examples(app: &TestApp, ns: &str) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
+    let mut c = app.client().await;
+    for spec in baton::domain::machine::parse_machines_toml(&text).unwrap() {
+        c.define_machine(proto::DefineMachineRequest { namespace: ns.into(), spec: Some(baton::grpc::convert::spec_to_proto(&spec)) })
+            .await
+            .expect("example machine is valid");
+    }
+}
+
+pub fn secs(s: u64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: s as i64, nanos: 0 })
+}
+
+/// The ErrorInfo reason of a status ("" when none).
+pub fn reason(s: &Status) -> String {
+    s.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+/// One ErrorInfo metadata value.
+pub fn meta(s: &Status, key: &str) -> Option<String> {
+    s.get_details_error_info().and_then(|i| i.metadata.get(key).cloned())
+}
+
+/// Asserts code and reason, returning the status for more checks.
+#[track_caller]
+pub fn expect_err<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, why: &str) -> Status {
+    let s = r.expect_err("expected an error");
+    assert_eq!((s.code(), reason(&s).as_str()), (code, why), "{s:?}");
+    s
+}
+
+/// Acquires a lease (wait 0), panicking on errors.
+pub async fn acquire(c: &mut CoordinatorClient<Channel>, key: &str, holder: &str, ttl: u64) -> proto::AcquireLeaseResponse {
+    c.acquire_lease(proto::AcquireLeaseRequest {
+        namespace: NS.into(),
+        key: key.into(),
+        holder: holder.into(),
+        ttl: secs(ttl),
+        wait: None,
+        request_id: String::new(),
+    })
+    .await
+    .expect("acquire")
+    .into_inner()
+}
+
+/// Creates an entity of `kind` with id `id`.
+pub async fn create(c: &mut CoordinatorClient<Channel>, kind: &str, id: &str) -> proto::Entity {
+    c.create_entity(proto::CreateEntityRequest { namespace: NS.into(), kind: kind.into(), id: id.into(), ..Default::default() })
+        .await
+        .expect("create")
+        .into_inner()
+        .entity
+        .unwrap()
+}
+
+/// A transition request with only the essentials.
+pub fn tr(id: &str, name: &str) -> proto::TransitionRequest {
+    proto::TransitionRequest { namespace: NS.into(), entity_id: id.into(), transition: name.into(), ..Default::default() }
+}
+
+/// Applies a transition, panicking on errors.
+pub async fn transition(c: &mut CoordinatorClient<Channel>, id: &str, name: &str) -> proto::TransitionResponse {
+    c.transition(tr(id, name)).await.unwrap_or_else(|e| panic!("{name} on {id}: {e:?}")).into_inner()
+}
+
+/// An event input.
+pub fn ev(t: &str, payload: &str) -> proto::EventInput {
+    proto::EventInput { r#type: t.into(), payload: payload.as_bytes().to_vec(), content_type: "text/plain".into() }
+}
+
+/// Appends events, returning the response or the status.
+pub async fn append(c: &mut CoordinatorClient<Channel>, id: &str, events: Vec<proto::EventInput>) -> Result<proto::AppendEventsResponse, Status> {
+    c.append_events(proto::AppendEventsRequest { namespace: NS.into(), entity_id: id.into(), events, ..Default::default() })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The whole stored tape, via StreamEvents from 0 (the entity must be sealed).
+pub async fn read_tape(c: &mut CoordinatorClient<Channel>, id: &str) -> Vec<proto::Event> {
+    let (events, end) = collect_stream(c, id, 0).await;
+    end.expect("stream ends OK");
+    events
+}
+
+/// Reads a stream to its end: the events, and how it ended (Ok or the status).
+pub async fn collect_stream(c: &mut CoordinatorClient<Channel>, id: &str, after: u64) -> (Vec<proto::Event>, Result<(), Status>) {
+    let mut stream = match c.stream_events(proto::StreamEventsRequest { namespace: NS.into(), entity_id: id.into(), after_seq: after }).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return (vec![], Err(s)),
+    };
+    let mut events = vec![];
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => {
+                if let Some(proto::stream_events_response::Item::Event(e)) = m.item {
+                    events.push(e);
+                }
+            }
+            Ok(None) => return (events, Ok(())),
+            Err(s) => return (events, Err(s)),
+        }
+    }
+}
+
+/// Asserts a complete tape: seqs after..=final with no gaps, exactly one `final`, last.
+#[track_caller]
+pub fn assert_complete(events: &[proto::Event], after: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, after + 1 + i as u64, "gap or duplicate at index {i}");
+    }
+    assert_eq!(events.iter().filter(|e| e.r#type == "final").count(), 1, "exactly one final");
+    assert_eq!(events.last().map(|e| e.r#type.as_str()), Some("final"), "final is last");
+}
+
+/// Polls `check` until true or `within` passes (for conditions with no notification, such
+/// as "a waiter has parked"); panics on timeout.
+pub async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

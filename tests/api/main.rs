@@ -1,0 +1,6 @@
+//! One integration-test binary: the Store contract on both backends, then the API over
+//! real gRPC on both backends.
+
+mod helpers;
+
+mod contract;
