@@ -4,3 +4,5 @@
 mod helpers;
 
 mod contract;
+mod leases;
+mod entities;
