@@ -169,7 +169,8 @@ impl TestApp {
         self.task.take().unwrap().await.expect("server task")
     }
 
-    /// Abrupt end: the server task is aborted, connections drop mid-call.
+    /// Stops without waiting: the server task is aborted, which drops the drain flag, so
+    /// streams end with UNAVAILABLE. A real SIGKILL is `server::i8_resume_after_sigkill`.
     pub fn kill(mut self) {
         if let Some(t) = self.task.take() {
             t.abort();

@@ -6,3 +6,5 @@ mod helpers;
 mod contract;
 mod leases;
 mod entities;
+mod tape;
+mod server;

@@ -1,0 +1,272 @@
+//! The tape over gRPC, both backends: I6, I7, I8, S4, heartbeats, cross-replica streams,
+//! resume after a replica dies.
+
+use crate::both_backends;
+use crate::helpers::*;
+use baton::domain::time::Clock;
+use baton::proto::{self, stream_events_response::Item};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = proto::coordinator_client::CoordinatorClient<Channel>;
+
+/// Opens a stream and returns a task collecting it, plus a watch of the highest seq seen
+/// (so tests can wait for progress without sleeping).
+fn subscribe(mut c: Client, id: &str, after: u64) -> (tokio::task::JoinHandle<(Vec<proto::Event>, Result<(), tonic::Status>)>, tokio::sync::watch::Receiver<u64>) {
+    let (seen_tx, seen) = tokio::sync::watch::channel(after);
+    let id = id.to_string();
+    let task = tokio::spawn(async move {
+        let mut stream = match c.stream_events(proto::StreamEventsRequest { namespace: NS.into(), entity_id: id, after_seq: after }).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return (vec![], Err(s)),
+        };
+        let mut events = vec![];
+        loop {
+            match stream.message().await {
+                Ok(Some(proto::StreamEventsResponse { item: Some(Item::Event(e)) })) => {
+                    let _ = seen_tx.send(e.seq);
+                    events.push(e);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return (events, Ok(())),
+                Err(s) => return (events, Err(s)),
+            }
+        }
+    });
+    (task, seen)
+}
+
+async fn reached(seen: &mut tokio::sync::watch::Receiver<u64>, seq: u64) {
+    tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|s| *s >= seq)).await.expect("stream progressed").expect("stream alive");
+}
+
+/// S4: a runner appends progress as fast as it can while another client cancels. The tape
+/// is gapless and ends with exactly one `final`; 50 subscribers started before, during and
+/// after the cancel each get every event once, in order, and a stream that closes OK.
+async fn s4_late_progress_never_lands_after_final(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = app.client().await;
+    create(&mut c, "task", "job").await;
+    transition(&mut c, "job", "start").await;
+    let mut subs = vec![];
+    for _ in 0..20 {
+        subs.push(subscribe(app.client().await, "job", 0));
+    }
+    let mut runner_client = app.client().await;
+    let runner = tokio::spawn(async move {
+        let mut stored = 0u64;
+        loop {
+            match append(&mut runner_client, "job", vec![ev("progress", "tick")]).await {
+                Ok(r) => stored += r.seqs.len() as u64,
+                Err(s) => {
+                    assert_eq!(reason(&s), "TAPE_SEALED", "{s:?}");
+                    return stored;
+                }
+            }
+        }
+    });
+    // Subscribers joining mid-run, from various cursors.
+    reached(&mut subs[0].1, 10).await;
+    for i in 0..20u64 {
+        subs.push(subscribe(app.client().await, "job", i % 5));
+    }
+    reached(&mut subs[25].1, 30).await;
+    let cancelled = transition(&mut c, "job", "cancel").await;
+    assert!(cancelled.applied);
+    let final_seq = *cancelled.seqs.last().unwrap();
+    let appended = runner.await.unwrap();
+    for _ in 0..10 {
+        subs.push(subscribe(app.client().await, "job", 3));
+    }
+    let tape = read_tape(&mut c, "job").await;
+    assert_complete(&tape, 0);
+    assert_eq!(tape.last().unwrap().seq, final_seq);
+    assert_eq!(tape.iter().filter(|e| e.r#type == "progress").count() as u64, appended, "every acknowledged append is stored");
+    for (i, (task, _)) in subs.into_iter().enumerate() {
+        let (events, end) = task.await.unwrap();
+        end.unwrap_or_else(|s| panic!("subscriber {i} ended with {s:?}"));
+        let after = tape.len() as u64 - events.len() as u64;
+        assert_complete(&events, after);
+        assert_eq!(events.as_slice(), &tape[after as usize..], "subscriber {i} saw the tape exactly");
+    }
+}
+
+/// A task cancelled before it ever started still reaches a terminal state with `final`.
+async fn cancel_before_start_seals_with_final(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = app.client().await;
+    create(&mut c, "task", "never").await;
+    let r = c.transition(proto::TransitionRequest { final_payload: b"cancelled by user".to_vec(), ..tr("never", "cancel") }).await.unwrap().into_inner();
+    let e = r.entity.unwrap();
+    assert_eq!((e.state.as_str(), e.sealed, r.seqs.as_slice()), ("cancelled", true, &[1, 2][..]));
+    let tape = read_tape(&mut c, "never").await;
+    assert_complete(&tape, 0);
+    assert_eq!(tape[1].payload, b"cancelled by user");
+    assert_eq!(tape[1].state, "cancelled");
+}
+
+/// I7: appends after `final` are rejected (TAPE_SEALED, with final_seq) or dropped on
+/// request, and never stored.
+async fn i7_nothing_is_stored_after_final(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = app.client().await;
+    create(&mut c, "task", "done").await;
+    transition(&mut c, "done", "start").await;
+    append(&mut c, "done", vec![ev("progress", "1"), ev("progress", "2")]).await.unwrap();
+    let fin = transition(&mut c, "done", "succeed").await;
+    let final_seq = *fin.seqs.last().unwrap();
+    let s = expect_err(append(&mut c, "done", vec![ev("progress", "late")]).await, Code::FailedPrecondition, "TAPE_SEALED");
+    assert_eq!(meta(&s, "final_seq"), Some(final_seq.to_string()));
+    let dropped = c
+        .append_events(proto::AppendEventsRequest {
+            namespace: NS.into(),
+            entity_id: "done".into(),
+            events: vec![ev("progress", "late")],
+            if_sealed: proto::IfSealed::Drop as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((dropped.dropped, dropped.seqs.len(), dropped.final_seq), (true, 0, final_seq));
+    // Nor can a transition move a sealed entity.
+    expect_err(c.transition(tr("done", "start")).await, Code::FailedPrecondition, "INVALID_TRANSITION");
+    let tape = read_tape(&mut c, "done").await;
+    assert_complete(&tape, 0);
+    assert_eq!(tape.len() as u64, final_seq);
+    // A subscriber at or past final gets the end at once.
+    let (events, end) = collect_stream(&mut c, "done", final_seq).await;
+    assert!(events.is_empty());
+    end.unwrap();
+}
+
+/// Idle streams get heartbeats carrying the latest seq.
+async fn idle_streams_get_heartbeats(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let settings = baton::app::Settings { heartbeat: Duration::from_millis(50), ..test_settings(&db.url) };
+    let app = TestApp::start_with(settings, Clock::system()).await;
+    define_examples(&app, NS).await;
+    let mut c = app.client().await;
+    create(&mut c, "task", "idle").await;
+    transition(&mut c, "idle", "start").await;
+    let mut stream = c.stream_events(proto::StreamEventsRequest { namespace: NS.into(), entity_id: "idle".into(), after_seq: 0 }).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.item, Some(Item::Event(ref e)) if e.seq == 1));
+    let hb = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("heartbeat").unwrap().unwrap();
+    assert_eq!(hb.item, Some(Item::Heartbeat(proto::Heartbeat { latest_seq: 1 })));
+}
+
+/// Bad tape input names the field.
+async fn bad_tape_input_names_the_field(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = app.client().await;
+    create(&mut c, "task", "t").await;
+    let cases = vec![
+        (vec![], "events"),
+        (vec![ev("final", "x")], "events[0].type"),
+        (vec![ev("ok", "x"), ev("Bad Type", "x")], "events[1].type"),
+        (vec![proto::EventInput { r#type: "big".into(), payload: vec![0; 64 * 1024 + 1], content_type: String::new() }], "events[0].payload"),
+    ];
+    for (events, field) in cases {
+        let s = expect_err(append(&mut c, "t", events).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+        assert_eq!(meta(&s, "field").as_deref(), Some(field));
+    }
+    expect_err(append(&mut c, "ghost", vec![ev("p", "x")]).await, Code::NotFound, "ENTITY_NOT_FOUND");
+    let (_, end) = collect_stream(&mut c, "ghost", 0).await;
+    assert_eq!(end.unwrap_err().code(), Code::NotFound);
+}
+
+/// I8 across replicas (Postgres): a subscriber on instance A sees appends made through
+/// instance B, woken by NOTIFY.
+async fn i8_subscriber_on_one_replica_sees_writes_on_another(backend: Backend) {
+    assert_eq!(backend, Backend::Postgres);
+    let db = TestDb::new(backend).await;
+    let a = TestApp::start(&db, Clock::system()).await;
+    let b = TestApp::start(&db, Clock::system()).await;
+    define_examples(&a, NS).await;
+    let mut cb = b.client().await;
+    create(&mut cb, "task", "x").await;
+    let (task, mut seen) = subscribe(a.client().await, "x", 0);
+    transition(&mut cb, "x", "start").await;
+    reached(&mut seen, 1).await;
+    for i in 0..20 {
+        append(&mut cb, "x", vec![ev("progress", &i.to_string())]).await.unwrap();
+    }
+    reached(&mut seen, 21).await;
+    transition(&mut cb, "x", "succeed").await;
+    let (events, end) = task.await.unwrap();
+    end.unwrap();
+    assert_complete(&events, 0);
+    assert_eq!(events.len(), 23);
+}
+
+/// I8 when the serving replica stops mid-tape (in-process; `server::i8_resume_after_sigkill`
+/// kills a real process): the client resumes elsewhere (another
+/// Postgres replica; a restarted node on SQLite) from its last seq, and the union of what
+/// it received is the whole tape with no duplicates.
+async fn i8_resume_after_replica_stops(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let a = TestApp::start(&db, Clock::system()).await;
+    define_examples(&a, NS).await;
+    let mut ca = a.client().await;
+    create(&mut ca, "task", "r").await;
+    transition(&mut ca, "r", "start").await;
+    for i in 0..10 {
+        append(&mut ca, "r", vec![ev("progress", &i.to_string())]).await.unwrap();
+    }
+    let (task, mut seen) = subscribe(a.client().await, "r", 0);
+    reached(&mut seen, 11).await;
+    a.kill();
+    let (first, end) = task.await.unwrap();
+    assert!(end.is_err(), "the dying replica's stream does not end OK");
+    let last = first.last().unwrap().seq;
+    let b = TestApp::start(&db, Clock::system()).await;
+    let mut cb = b.client().await;
+    let (task, _) = subscribe(b.client().await, "r", last);
+    for i in 10..20 {
+        append(&mut cb, "r", vec![ev("progress", &i.to_string())]).await.unwrap();
+    }
+    transition(&mut cb, "r", "succeed").await;
+    let (rest, end) = task.await.unwrap();
+    end.unwrap();
+    let all: Vec<_> = first.into_iter().chain(rest).collect();
+    assert_complete(&all, 0);
+    assert_eq!(all.len(), 23);
+}
+
+/// Graceful drain ends open streams with UNAVAILABLE / SHUTTING_DOWN carrying last_seq,
+/// and the server stops within its drain bound.
+async fn drain_ends_streams_with_unavailable(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = app.client().await;
+    create(&mut c, "task", "d").await;
+    transition(&mut c, "d", "start").await;
+    let (task, mut seen) = subscribe(app.client().await, "d", 0);
+    reached(&mut seen, 1).await;
+    let started = tokio::time::Instant::now();
+    app.stop().await.expect("clean stop");
+    assert!(started.elapsed() < Duration::from_secs(5), "within the drain bound");
+    let (events, end) = task.await.unwrap();
+    assert_eq!(events.len(), 1);
+    let s = end.unwrap_err();
+    assert_eq!((s.code(), reason(&s).as_str()), (Code::Unavailable, "SHUTTING_DOWN"));
+    assert_eq!(meta(&s, "last_seq").as_deref(), Some("1"));
+}
+
+both_backends!(
+    s4_late_progress_never_lands_after_final,
+    cancel_before_start_seals_with_final,
+    i7_nothing_is_stored_after_final,
+    idle_streams_get_heartbeats,
+    bad_tape_input_names_the_field,
+    i8_resume_after_replica_stops,
+    drain_ends_streams_with_unavailable,
+);
+
+mod i8_subscriber_on_one_replica_sees_writes_on_another {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        super::i8_subscriber_on_one_replica_sees_writes_on_another(crate::helpers::Backend::Postgres).await
+    }
+}
