@@ -8,3 +8,4 @@ mod leases;
 mod entities;
 mod tape;
 mod server;
+mod scenarios;
