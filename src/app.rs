@@ -93,14 +93,30 @@ impl Application {
             Ok(l) => l,
             Err(source) => {
                 store.close().await;
-                return Err(AppError::Bind { addr: settings.listen, source });
+                return Err(AppError::Bind {
+                    addr: settings.listen,
+                    source,
+                });
             }
         };
-        let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: settings.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| AppError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
         let (shutdown, drain_rx) = watch::channel(false);
-        let config = ServiceConfig { heartbeat: settings.heartbeat, request_retention: settings.request_retention };
+        let config = ServiceConfig {
+            heartbeat: settings.heartbeat,
+            request_retention: settings.request_retention,
+        };
         let coordinator = Coordinator::new(store.clone(), config, drain_rx);
-        Ok(Self { listener, addr, coordinator, store, shutdown, settings })
+        Ok(Self {
+            listener,
+            addr,
+            coordinator,
+            store,
+            shutdown,
+            settings,
+        })
     }
 
     /// The bound address (the real port when asked for port 0).
@@ -117,7 +133,14 @@ impl Application {
     /// with UNAVAILABLE (clients resume elsewhere), new calls are refused, in-flight unary
     /// calls finish — all within `drain`, after which remaining connections are dropped.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send) -> Result<(), AppError> {
-        let Self { listener, addr, coordinator, store, shutdown, settings } = self;
+        let Self {
+            listener,
+            addr,
+            coordinator,
+            store,
+            shutdown,
+            settings,
+        } = self;
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<CoordinatorServer<CoordinatorService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
@@ -127,7 +150,12 @@ impl Application {
             .map_err(|e| AppError::Serve(e.to_string()))?;
 
         let mut drain_rx = shutdown.subscribe();
-        tokio::spawn(watch_health(store.clone(), reporter.clone(), settings.health_interval, drain_rx.clone()));
+        tokio::spawn(watch_health(
+            store.clone(),
+            reporter.clone(),
+            settings.health_interval,
+            drain_rx.clone(),
+        ));
         tokio::spawn(housekeeping(coordinator.clone(), drain_rx.clone()));
 
         let mut builder = Server::builder()
@@ -158,7 +186,9 @@ impl Application {
             }
         }
         tracing::info!(drain = ?settings.drain, "draining");
-        reporter.set_not_serving::<CoordinatorServer<CoordinatorService>>().await;
+        reporter
+            .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+            .await;
         reporter.set_service_status("", ServingStatus::NotServing).await;
         // One flag tells stream handlers to end with UNAVAILABLE, lease waiters to stop
         // waiting, and tonic to stop accepting and finish in-flight calls.
@@ -177,7 +207,12 @@ impl Application {
 }
 
 /// Health follows the database: SERVING while it answers, NOT_SERVING while it does not.
-async fn watch_health(store: Arc<dyn Store>, reporter: tonic_health::server::HealthReporter, every: Duration, mut drain: watch::Receiver<bool>) {
+async fn watch_health(
+    store: Arc<dyn Store>,
+    reporter: tonic_health::server::HealthReporter,
+    every: Duration,
+    mut drain: watch::Receiver<bool>,
+) {
     let mut last = true;
     loop {
         tokio::select! {
@@ -186,7 +221,11 @@ async fn watch_health(store: Arc<dyn Store>, reporter: tonic_health::server::Hea
         }
         let ok = matches!(tokio::time::timeout(every, store.ping()).await, Ok(Ok(())));
         if ok != last && !*drain.borrow() {
-            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             tracing::warn!(serving = ok, "database reachability changed");
             reporter.set_service_status("", status).await;
             reporter.set_service_status("baton.v1.Coordinator", status).await;

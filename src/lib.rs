@@ -9,8 +9,8 @@ pub mod proto {
     /// Encoded descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 }
-pub mod storage;
-pub mod service;
-pub mod grpc;
 pub mod app;
 pub mod cli;
+pub mod grpc;
+pub mod service;
+pub mod storage;

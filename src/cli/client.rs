@@ -203,16 +203,29 @@ pub enum Cmd {
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
 fn fence(s: &str) -> Result<proto::Fence, String> {
-    let (key, token) = s.rsplit_once(':').ok_or_else(|| format!("expected KEY:TOKEN, got {s:?}"))?;
-    Ok(proto::Fence { key: key.to_string(), token: token.parse().map_err(|_| format!("bad token in {s:?}"))? })
+    let (key, token) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected KEY:TOKEN, got {s:?}"))?;
+    Ok(proto::Fence {
+        key: key.to_string(),
+        token: token.parse().map_err(|_| format!("bad token in {s:?}"))?,
+    })
 }
 
 fn events(list: Vec<(String, String)>) -> Vec<proto::EventInput> {
-    list.into_iter().map(|(t, p)| proto::EventInput { r#type: t, payload: p.into_bytes(), content_type: "text/plain".into() }).collect()
+    list.into_iter()
+        .map(|(t, p)| proto::EventInput {
+            r#type: t,
+            payload: p.into_bytes(),
+            content_type: "text/plain".into(),
+        })
+        .collect()
 }
 
 fn pdur(d: Duration) -> Option<prost_types::Duration> {
@@ -226,7 +239,13 @@ fn describe(status: &tonic::Status) -> String {
         Some(i) => {
             let mut meta: Vec<String> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
             meta.sort();
-            format!("{:?} {}: {} [{}]", status.code(), i.reason, status.message(), meta.join(" "))
+            format!(
+                "{:?} {}: {} [{}]",
+                status.code(),
+                i.reason,
+                status.message(),
+                meta.join(" ")
+            )
         }
         None => format!("{:?}: {}", status.code(), status.message()),
     }
@@ -234,7 +253,10 @@ fn describe(status: &tonic::Status) -> String {
 
 async fn connect(conn: &Conn) -> Result<CoordinatorClient<Channel>, String> {
     let endpoint = Channel::from_shared(conn.addr.clone()).map_err(|e| format!("bad --addr {:?}: {e}", conn.addr))?;
-    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach baton at {}: {e}", conn.addr))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach baton at {}: {e}", conn.addr))?;
     Ok(CoordinatorClient::new(channel))
 }
 
@@ -260,47 +282,103 @@ pub async fn run(cmd: Cmd) -> ExitCode {
 async fn run_inner(cmd: Cmd) -> Result<ExitCode, String> {
     let st = |s: tonic::Status| describe(&s);
     match cmd {
-        Cmd::Lease(LeaseCmd::Acquire { key, holder, ttl, wait, request_id, conn }) => {
+        Cmd::Lease(LeaseCmd::Acquire {
+            key,
+            holder,
+            ttl,
+            wait,
+            request_id,
+            conn,
+        }) => {
             let mut c = connect(&conn).await?;
             let r = c
-                .acquire_lease(proto::AcquireLeaseRequest { namespace: conn.namespace.clone(), key, holder, ttl: pdur(ttl), wait: pdur(wait), request_id })
+                .acquire_lease(proto::AcquireLeaseRequest {
+                    namespace: conn.namespace.clone(),
+                    key,
+                    holder,
+                    ttl: pdur(ttl),
+                    wait: pdur(wait),
+                    request_id,
+                })
                 .await
                 .map_err(st)?
                 .into_inner();
             let lease = r.lease.unwrap_or_default();
             let verdict = if r.acquired { "acquired" } else { "busy" };
-            print(&conn, json!({ "acquired": r.acquired, "lease": output::lease(&lease) }), format!("{verdict} {}", output::lease_line(&lease)));
-            Ok(if r.acquired { ExitCode::SUCCESS } else { ExitCode::from(3) })
+            print(
+                &conn,
+                json!({ "acquired": r.acquired, "lease": output::lease(&lease) }),
+                format!("{verdict} {}", output::lease_line(&lease)),
+            );
+            Ok(if r.acquired {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
         Cmd::Lease(LeaseCmd::Renew { key, token, ttl, conn }) => {
             let mut c = connect(&conn).await?;
             let r = c
-                .renew_lease(proto::RenewLeaseRequest { namespace: conn.namespace.clone(), key, token, ttl: pdur(ttl), request_id: String::new() })
+                .renew_lease(proto::RenewLeaseRequest {
+                    namespace: conn.namespace.clone(),
+                    key,
+                    token,
+                    ttl: pdur(ttl),
+                    request_id: String::new(),
+                })
                 .await
                 .map_err(st)?
                 .into_inner();
             let lease = r.lease.unwrap_or_default();
-            print(&conn, json!({ "lease": output::lease(&lease) }), format!("renewed {}", output::lease_line(&lease)));
+            print(
+                &conn,
+                json!({ "lease": output::lease(&lease) }),
+                format!("renewed {}", output::lease_line(&lease)),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lease(LeaseCmd::Release { key, token, conn }) => {
             let mut c = connect(&conn).await?;
             let r = c
-                .release_lease(proto::ReleaseLeaseRequest { namespace: conn.namespace.clone(), key, token, request_id: String::new() })
+                .release_lease(proto::ReleaseLeaseRequest {
+                    namespace: conn.namespace.clone(),
+                    key,
+                    token,
+                    request_id: String::new(),
+                })
                 .await
                 .map_err(st)?
                 .into_inner();
-            print(&conn, json!({ "released": r.released }), if r.released { "released".into() } else { "not released: token is not the live lease".into() });
+            print(
+                &conn,
+                json!({ "released": r.released }),
+                if r.released {
+                    "released".into()
+                } else {
+                    "not released: token is not the live lease".into()
+                },
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lease(LeaseCmd::Get { key, conn }) => {
             let mut c = connect(&conn).await?;
-            let r = c.get_lease(proto::GetLeaseRequest { namespace: conn.namespace.clone(), key: key.clone() }).await.map_err(st)?.into_inner();
+            let r = c
+                .get_lease(proto::GetLeaseRequest {
+                    namespace: conn.namespace.clone(),
+                    key: key.clone(),
+                })
+                .await
+                .map_err(st)?
+                .into_inner();
             let human = match &r.lease {
                 Some(l) => output::lease_line(l),
                 None => format!("key={key} is free (last token {})", r.last_token),
             };
-            print(&conn, json!({ "lease": r.lease.as_ref().map(output::lease), "last_token": r.last_token }), human);
+            print(
+                &conn,
+                json!({ "lease": r.lease.as_ref().map(output::lease), "last_token": r.last_token }),
+                human,
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Machine(MachineCmd::Apply { file, conn }) => {
@@ -311,13 +389,19 @@ async fn run_inner(cmd: Cmd) -> Result<ExitCode, String> {
             for spec in specs {
                 let kind = spec.kind.clone();
                 let r = c
-                    .define_machine(proto::DefineMachineRequest { namespace: conn.namespace.clone(), spec: Some(convert::spec_to_proto(&spec)) })
+                    .define_machine(proto::DefineMachineRequest {
+                        namespace: conn.namespace.clone(),
+                        spec: Some(convert::spec_to_proto(&spec)),
+                    })
                     .await
                     .map_err(|s| format!("machine {kind}: {}", describe(&s)))?
                     .into_inner();
                 let version = r.machine.map_or(0, |m| m.version);
                 if !conn.json {
-                    println!("{kind}: version {version}{}", if r.changed { "" } else { " (unchanged)" });
+                    println!(
+                        "{kind}: version {version}{}",
+                        if r.changed { "" } else { " (unchanged)" }
+                    );
                 }
                 applied.push(json!({ "kind": kind, "version": version, "changed": r.changed }));
             }
@@ -328,7 +412,14 @@ async fn run_inner(cmd: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Machine(MachineCmd::Get { kind, conn }) => {
             let mut c = connect(&conn).await?;
-            let r = c.get_machine(proto::GetMachineRequest { namespace: conn.namespace.clone(), kind }).await.map_err(st)?.into_inner();
+            let r = c
+                .get_machine(proto::GetMachineRequest {
+                    namespace: conn.namespace.clone(),
+                    kind,
+                })
+                .await
+                .map_err(st)?
+                .into_inner();
             let m = r.machine.unwrap_or_default();
             let spec = m.spec.unwrap_or_default();
             let domain = convert::spec_from_proto(spec).map_err(|e| e.to_string())?;
@@ -337,7 +428,15 @@ async fn run_inner(cmd: Cmd) -> Result<ExitCode, String> {
             print(&conn, json, format!("# version {}\n{human}", m.version));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Entity(EntityCmd::Create { kind, id, dedup_key, fields, fence, request_id, conn }) => {
+        Cmd::Entity(EntityCmd::Create {
+            kind,
+            id,
+            dedup_key,
+            fields,
+            fence,
+            request_id,
+            conn,
+        }) => {
             let mut c = connect(&conn).await?;
             let r = c
                 .create_entity(proto::CreateEntityRequest {
@@ -354,20 +453,47 @@ async fn run_inner(cmd: Cmd) -> Result<ExitCode, String> {
                 .into_inner();
             let e = r.entity.unwrap_or_default();
             let verdict = if r.created { "created" } else { "exists" };
-            print(&conn, json!({ "created": r.created, "entity": output::entity(&e) }), format!("{verdict} {}", output::entity_line(&e)));
+            print(
+                &conn,
+                json!({ "created": r.created, "entity": output::entity(&e) }),
+                format!("{verdict} {}", output::entity_line(&e)),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Entity(EntityCmd::Get { id, conn }) => {
             let mut c = connect(&conn).await?;
-            let r = c.get_entity(proto::GetEntityRequest { namespace: conn.namespace.clone(), id }).await.map_err(st)?.into_inner();
+            let r = c
+                .get_entity(proto::GetEntityRequest {
+                    namespace: conn.namespace.clone(),
+                    id,
+                })
+                .await
+                .map_err(st)?
+                .into_inner();
             let e = r.entity.unwrap_or_default();
             print(&conn, json!({ "entity": output::entity(&e) }), output::entity_line(&e));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Entity(EntityCmd::List { kind, states, has_fields, missing_fields, page_size, page_token, conn }) => {
+        Cmd::Entity(EntityCmd::List {
+            kind,
+            states,
+            has_fields,
+            missing_fields,
+            page_size,
+            page_token,
+            conn,
+        }) => {
             let mut c = connect(&conn).await?;
             let r = c
-                .list_entities(proto::ListEntitiesRequest { namespace: conn.namespace.clone(), kind, states, has_fields, missing_fields, page_size, page_token })
+                .list_entities(proto::ListEntitiesRequest {
+                    namespace: conn.namespace.clone(),
+                    kind,
+                    states,
+                    has_fields,
+                    missing_fields,
+                    page_size,
+                    page_token,
+                })
                 .await
                 .map_err(st)?
                 .into_inner();
@@ -379,7 +505,18 @@ async fn run_inner(cmd: Cmd) -> Result<ExitCode, String> {
             print(&conn, json, human.join("\n"));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Entity(EntityCmd::Transition { id, name, expect_version, set_fields, clear_fields, events: evs, final_payload, fence, request_id, conn }) => {
+        Cmd::Entity(EntityCmd::Transition {
+            id,
+            name,
+            expect_version,
+            set_fields,
+            clear_fields,
+            events: evs,
+            final_payload,
+            fence,
+            request_id,
+            conn,
+        }) => {
             let mut c = connect(&conn).await?;
             let r = c
                 .transition(proto::TransitionRequest {
@@ -407,9 +544,20 @@ async fn run_inner(cmd: Cmd) -> Result<ExitCode, String> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Events(EventsCmd::Append { id, events: evs, drop_if_sealed, fence, request_id, conn }) => {
+        Cmd::Events(EventsCmd::Append {
+            id,
+            events: evs,
+            drop_if_sealed,
+            fence,
+            request_id,
+            conn,
+        }) => {
             let mut c = connect(&conn).await?;
-            let if_sealed = if drop_if_sealed { proto::IfSealed::Drop } else { proto::IfSealed::Reject };
+            let if_sealed = if drop_if_sealed {
+                proto::IfSealed::Drop
+            } else {
+                proto::IfSealed::Reject
+            };
             let r = c
                 .append_events(proto::AppendEventsRequest {
                     namespace: conn.namespace.clone(),
@@ -422,14 +570,26 @@ async fn run_inner(cmd: Cmd) -> Result<ExitCode, String> {
                 .await
                 .map_err(st)?
                 .into_inner();
-            let human = if r.dropped { format!("dropped: tape sealed at final seq {}", r.final_seq) } else { format!("appended seqs={:?}", r.seqs) };
-            print(&conn, json!({ "seqs": r.seqs, "dropped": r.dropped, "final_seq": r.final_seq }), human);
+            let human = if r.dropped {
+                format!("dropped: tape sealed at final seq {}", r.final_seq)
+            } else {
+                format!("appended seqs={:?}", r.seqs)
+            };
+            print(
+                &conn,
+                json!({ "seqs": r.seqs, "dropped": r.dropped, "final_seq": r.final_seq }),
+                human,
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Tail(TailArgs { id, after, conn }) => {
             let mut c = connect(&conn).await?;
             let mut stream = c
-                .stream_events(proto::StreamEventsRequest { namespace: conn.namespace.clone(), entity_id: id, after_seq: after })
+                .stream_events(proto::StreamEventsRequest {
+                    namespace: conn.namespace.clone(),
+                    entity_id: id,
+                    after_seq: after,
+                })
                 .await
                 .map_err(st)?
                 .into_inner();

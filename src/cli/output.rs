@@ -48,18 +48,32 @@ pub fn entity_line(e: &proto::Entity) -> String {
         e.version,
         e.last_seq,
         if e.sealed { " sealed" } else { "" },
-        if fields.is_empty() { String::new() } else { format!(" {}", fields.join(" ")) }
+        if fields.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", fields.join(" "))
+        }
     )
 }
 
 /// One human line for an event.
 pub fn event_line(e: &proto::Event) -> String {
     let payload = String::from_utf8_lossy(&e.payload);
-    let state = if e.state.is_empty() { String::new() } else { format!(" state={}", e.state) };
+    let state = if e.state.is_empty() {
+        String::new()
+    } else {
+        format!(" state={}", e.state)
+    };
     format!("{:>6} {}{} {}", e.seq, e.r#type, state, payload)
 }
 
 /// One human line for a lease.
 pub fn lease_line(l: &proto::Lease) -> String {
-    format!("key={} holder={} token={} expires_at={}", l.key, l.holder, l.token, time(&l.expires_at).as_str().unwrap_or("-"))
+    format!(
+        "key={} holder={} token={} expires_at={}",
+        l.key,
+        l.holder,
+        l.token,
+        time(&l.expires_at).as_str().unwrap_or("-")
+    )
 }

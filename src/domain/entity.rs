@@ -16,13 +16,19 @@ pub type Fields = BTreeMap<String, String>;
 /// Parses a field map from a request; `field` is the request field (`fields`, `set_fields`).
 pub fn parse_fields(field: &str, m: HashMap<String, String>) -> Result<Fields, DomainError> {
     if m.len() > MAX_FIELDS {
-        return Err(DomainError::invalid(field, format!("at most {MAX_FIELDS} fields, got {}", m.len())));
+        return Err(DomainError::invalid(
+            field,
+            format!("at most {MAX_FIELDS} fields, got {}", m.len()),
+        ));
     }
     let mut out = Fields::new();
     for (k, v) in m {
         let name = Name::parse(&format!("{field}.key"), k)?;
         if v.len() > MAX_FIELD_VALUE {
-            return Err(DomainError::invalid(format!("{field}[{name}]"), format!("value must be at most {MAX_FIELD_VALUE} bytes")));
+            return Err(DomainError::invalid(
+                format!("{field}[{name}]"),
+                format!("value must be at most {MAX_FIELD_VALUE} bytes"),
+            ));
         }
         out.insert(name.as_str().to_string(), v);
     }
@@ -34,7 +40,11 @@ pub fn parse_field_names(field: &str, names: Vec<String>) -> Result<Vec<Name>, D
     if names.len() > MAX_FIELDS {
         return Err(DomainError::invalid(field, format!("at most {MAX_FIELDS} names")));
     }
-    names.into_iter().enumerate().map(|(i, n)| Name::parse(&format!("{field}[{i}]"), n)).collect()
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| Name::parse(&format!("{field}[{i}]"), n))
+        .collect()
 }
 
 /// An entity as stored.

@@ -21,11 +21,20 @@ pub enum DomainError {
 
     /// `expect_version` did not match.
     #[error("expected version {expected}, entity is at version {version} (state {current_state:?})")]
-    VersionMismatch { expected: u64, version: u64, current_state: String },
+    VersionMismatch {
+        expected: u64,
+        version: u64,
+        current_state: String,
+    },
 
     /// A fence did not match the key's current unexpired lease.
     #[error("lease {key:?} token {token} is not the current lease{}", current_desc(.current_token, .current_holder))]
-    LeaseLost { key: String, token: u64, current_token: Option<u64>, current_holder: Option<String> },
+    LeaseLost {
+        key: String,
+        token: u64,
+        current_token: Option<u64>,
+        current_holder: Option<String>,
+    },
 
     /// The tape holds `final`; nothing more is stored.
     #[error("tape is sealed at final seq {final_seq}")]
@@ -33,7 +42,11 @@ pub enum DomainError {
 
     /// A field is not allowed in the state the entity is or would be in.
     #[error("field {field:?} is not allowed in state {state:?} (allowed in {allowed_in:?})")]
-    FieldNotAllowed { field: String, state: String, allowed_in: Vec<String> },
+    FieldNotAllowed {
+        field: String,
+        state: String,
+        allowed_in: Vec<String>,
+    },
 
     /// Something named does not exist.
     #[error("{what} {name:?} not found")]
@@ -67,6 +80,9 @@ fn current_desc(token: &Option<u64>, holder: &Option<String>) -> String {
 impl DomainError {
     /// Shorthand for [`DomainError::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        DomainError::InvalidArgument { field: field.into(), message: message.into() }
+        DomainError::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }

@@ -20,7 +20,10 @@ impl Ttl {
     pub fn parse(field: &str, d: Option<Duration>) -> Result<Self, DomainError> {
         let d = d.ok_or_else(|| DomainError::invalid(field, "is required (1s to 1h)"))?;
         if d < Self::MIN || d > Self::MAX {
-            return Err(DomainError::invalid(field, format!("must be between 1s and 1h, got {d:?}")));
+            return Err(DomainError::invalid(
+                field,
+                format!("must be between 1s and 1h, got {d:?}"),
+            ));
         }
         Ok(Self(d))
     }
@@ -42,7 +45,10 @@ impl FencingToken {
     /// Parses a token from a request (0 is never granted).
     pub fn parse(field: &str, t: u64) -> Result<Self, DomainError> {
         if t == 0 || t > i64::MAX as u64 {
-            return Err(DomainError::invalid(field, "must be a token returned by AcquireLease (>= 1)"));
+            return Err(DomainError::invalid(
+                field,
+                "must be a token returned by AcquireLease (>= 1)",
+            ));
         }
         Ok(Self(t))
     }
@@ -114,7 +120,13 @@ pub enum AcquireDecision {
 
 /// Decides an acquire. A free or expired key gets `last token + 1` (I2); the live holder
 /// acquiring again keeps its token and extends its TTL.
-pub fn decide_acquire(row: Option<&LeaseRow>, key: &LeaseKey, holder: &Holder, ttl: Ttl, now: Timestamp) -> AcquireDecision {
+pub fn decide_acquire(
+    row: Option<&LeaseRow>,
+    key: &LeaseKey,
+    holder: &Holder,
+    ttl: Ttl,
+    now: Timestamp,
+) -> AcquireDecision {
     let expires_at = now.plus(ttl.get());
     match row.and_then(|r| r.live(now)) {
         Some(live) if &live.holder == holder => AcquireDecision::Grant(Lease { expires_at, ..live }),
@@ -131,7 +143,12 @@ pub fn decide_acquire(row: Option<&LeaseRow>, key: &LeaseKey, holder: &Holder, t
 
 /// Checks that `(key, token)` is the key's current unexpired lease (I3); the error says
 /// who holds the key now, so the loser need not re-read.
-pub fn check_fence(row: Option<&LeaseRow>, key: &LeaseKey, token: FencingToken, now: Timestamp) -> Result<Lease, DomainError> {
+pub fn check_fence(
+    row: Option<&LeaseRow>,
+    key: &LeaseKey,
+    token: FencingToken,
+    now: Timestamp,
+) -> Result<Lease, DomainError> {
     let live = row.and_then(|r| r.live(now));
     match live {
         Some(l) if l.token == token => Ok(l),
@@ -145,8 +162,17 @@ pub fn check_fence(row: Option<&LeaseRow>, key: &LeaseKey, token: FencingToken, 
 }
 
 /// Decides a renew: the live lease with `token` gets `now + ttl`.
-pub fn decide_renew(row: Option<&LeaseRow>, key: &LeaseKey, token: FencingToken, ttl: Ttl, now: Timestamp) -> Result<Lease, DomainError> {
-    check_fence(row, key, token, now).map(|l| Lease { expires_at: now.plus(ttl.get()), ..l })
+pub fn decide_renew(
+    row: Option<&LeaseRow>,
+    key: &LeaseKey,
+    token: FencingToken,
+    ttl: Ttl,
+    now: Timestamp,
+) -> Result<Lease, DomainError> {
+    check_fence(row, key, token, now).map(|l| Lease {
+        expires_at: now.plus(ttl.get()),
+        ..l
+    })
 }
 
 /// Decides a release: true when `token` is the live lease (which then ends).
@@ -168,33 +194,55 @@ mod tests {
         Ttl::parse("ttl", Some(Duration::from_secs(10))).unwrap()
     }
     fn row_from(l: &Lease) -> LeaseRow {
-        LeaseRow { key: key(), token: l.token, holder: Some(l.holder.clone()), acquired_at: l.acquired_at, expires_at: l.expires_at }
+        LeaseRow {
+            key: key(),
+            token: l.token,
+            holder: Some(l.holder.clone()),
+            acquired_at: l.acquired_at,
+            expires_at: l.expires_at,
+        }
     }
 
     #[test]
     fn i2_tokens_increase_across_expiry_and_release() {
         let t0 = Timestamp(1_000_000);
-        let AcquireDecision::Grant(a) = decide_acquire(None, &key(), &holder("a"), ttl(), t0) else { panic!() };
+        let AcquireDecision::Grant(a) = decide_acquire(None, &key(), &holder("a"), ttl(), t0) else {
+            panic!()
+        };
         assert_eq!(a.token, FencingToken(1));
         // b is refused while a is live
         let row = row_from(&a);
-        assert!(matches!(decide_acquire(Some(&row), &key(), &holder("b"), ttl(), t0), AcquireDecision::Busy(_)));
+        assert!(matches!(
+            decide_acquire(Some(&row), &key(), &holder("b"), ttl(), t0),
+            AcquireDecision::Busy(_)
+        ));
         // after expiry b gets token 2
         let later = t0.plus(Duration::from_secs(11));
-        let AcquireDecision::Grant(b) = decide_acquire(Some(&row), &key(), &holder("b"), ttl(), later) else { panic!() };
+        let AcquireDecision::Grant(b) = decide_acquire(Some(&row), &key(), &holder("b"), ttl(), later) else {
+            panic!()
+        };
         assert_eq!(b.token, FencingToken(2));
         // a released row still counts
-        let released = LeaseRow { holder: None, ..row_from(&b) };
-        let AcquireDecision::Grant(c) = decide_acquire(Some(&released), &key(), &holder("a"), ttl(), later) else { panic!() };
+        let released = LeaseRow {
+            holder: None,
+            ..row_from(&b)
+        };
+        let AcquireDecision::Grant(c) = decide_acquire(Some(&released), &key(), &holder("a"), ttl(), later) else {
+            panic!()
+        };
         assert_eq!(c.token, FencingToken(3));
     }
 
     #[test]
     fn reacquire_by_holder_extends_same_token() {
         let t0 = Timestamp(0);
-        let AcquireDecision::Grant(a) = decide_acquire(None, &key(), &holder("a"), ttl(), t0) else { panic!() };
+        let AcquireDecision::Grant(a) = decide_acquire(None, &key(), &holder("a"), ttl(), t0) else {
+            panic!()
+        };
         let t1 = t0.plus(Duration::from_secs(5));
-        let AcquireDecision::Grant(again) = decide_acquire(Some(&row_from(&a)), &key(), &holder("a"), ttl(), t1) else { panic!() };
+        let AcquireDecision::Grant(again) = decide_acquire(Some(&row_from(&a)), &key(), &holder("a"), ttl(), t1) else {
+            panic!()
+        };
         assert_eq!(again.token, a.token);
         assert_eq!(again.acquired_at, a.acquired_at);
         assert_eq!(again.expires_at, t1.plus(Duration::from_secs(10)));
@@ -203,13 +251,22 @@ mod tests {
     #[test]
     fn i3_fence_rejects_expired_and_stale_tokens() {
         let t0 = Timestamp(0);
-        let AcquireDecision::Grant(a) = decide_acquire(None, &key(), &holder("a"), ttl(), t0) else { panic!() };
+        let AcquireDecision::Grant(a) = decide_acquire(None, &key(), &holder("a"), ttl(), t0) else {
+            panic!()
+        };
         let row = row_from(&a);
         assert!(check_fence(Some(&row), &key(), a.token, t0).is_ok());
         assert!(check_fence(Some(&row), &key(), FencingToken(7), t0).is_err());
         let expired = t0.plus(Duration::from_secs(10));
         let err = check_fence(Some(&row), &key(), a.token, expired).unwrap_err();
-        assert!(matches!(err, DomainError::LeaseLost { current_holder: None, current_token: Some(1), .. }));
+        assert!(matches!(
+            err,
+            DomainError::LeaseLost {
+                current_holder: None,
+                current_token: Some(1),
+                ..
+            }
+        ));
         assert!(!decide_release(Some(&row), &key(), a.token, expired));
         assert!(decide_renew(None, &key(), a.token, ttl(), t0).is_err());
     }

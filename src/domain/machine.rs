@@ -82,7 +82,8 @@ mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -97,89 +98,151 @@ impl Machine {
     pub fn parse(spec: MachineSpec) -> Result<Self, DomainError> {
         Name::parse("spec.kind", spec.kind.clone())?;
         if spec.states.len() < 2 || spec.states.len() > MAX_STATES {
-            return Err(DomainError::invalid("spec.states", format!("must list 2 to {MAX_STATES} states")));
+            return Err(DomainError::invalid(
+                "spec.states",
+                format!("must list 2 to {MAX_STATES} states"),
+            ));
         }
         let mut states = BTreeSet::new();
         for (i, s) in spec.states.iter().enumerate() {
             Name::parse(&format!("spec.states[{i}]"), s.clone())?;
             if !states.insert(s.as_str()) {
-                return Err(DomainError::invalid(format!("spec.states[{i}]"), format!("state {s:?} is listed twice")));
+                return Err(DomainError::invalid(
+                    format!("spec.states[{i}]"),
+                    format!("state {s:?} is listed twice"),
+                ));
             }
         }
         let known = |field: String, s: &str| -> Result<(), DomainError> {
-            if states.contains(s) { Ok(()) } else { Err(DomainError::invalid(field, format!("unknown state {s:?}"))) }
+            if states.contains(s) {
+                Ok(())
+            } else {
+                Err(DomainError::invalid(field, format!("unknown state {s:?}")))
+            }
         };
         known("spec.initial_state".into(), &spec.initial_state)?;
         if spec.terminal_states.is_empty() {
-            return Err(DomainError::invalid("spec.terminal_states", "must list at least one terminal state"));
+            return Err(DomainError::invalid(
+                "spec.terminal_states",
+                "must list at least one terminal state",
+            ));
         }
         for (i, s) in spec.terminal_states.iter().enumerate() {
             known(format!("spec.terminal_states[{i}]"), s)?;
         }
         let terminal: BTreeSet<&str> = spec.terminal_states.iter().map(String::as_str).collect();
         if terminal.contains(spec.initial_state.as_str()) {
-            return Err(DomainError::invalid("spec.initial_state", format!("{:?} is terminal: an entity would start sealed", spec.initial_state)));
+            return Err(DomainError::invalid(
+                "spec.initial_state",
+                format!("{:?} is terminal: an entity would start sealed", spec.initial_state),
+            ));
         }
         if spec.transitions.is_empty() || spec.transitions.len() > MAX_STATES {
-            return Err(DomainError::invalid("spec.transitions", format!("must declare 1 to {MAX_STATES} transitions")));
+            return Err(DomainError::invalid(
+                "spec.transitions",
+                format!("must declare 1 to {MAX_STATES} transitions"),
+            ));
         }
         let mut names = BTreeSet::new();
         for (i, t) in spec.transitions.iter().enumerate() {
             let at = format!("spec.transitions[{i}]");
             Name::parse(&format!("{at}.name"), t.name.clone())?;
             if !names.insert(t.name.as_str()) {
-                return Err(DomainError::invalid(format!("{at}.name"), format!("transition {:?} is declared twice", t.name)));
+                return Err(DomainError::invalid(
+                    format!("{at}.name"),
+                    format!("transition {:?} is declared twice", t.name),
+                ));
             }
             known(format!("{at}.to"), &t.to)?;
-            for (list, label) in [(&t.from, "from"), (&t.stale_from, "stale_from"), (&t.noop_from, "noop_from")] {
+            for (list, label) in [
+                (&t.from, "from"),
+                (&t.stale_from, "stale_from"),
+                (&t.noop_from, "noop_from"),
+            ] {
                 let mut seen = BTreeSet::new();
                 for (j, s) in list.iter().enumerate() {
                     known(format!("{at}.{label}[{j}]"), s)?;
                     if !seen.insert(s) {
-                        return Err(DomainError::invalid(format!("{at}.{label}[{j}]"), format!("state {s:?} is listed twice")));
+                        return Err(DomainError::invalid(
+                            format!("{at}.{label}[{j}]"),
+                            format!("state {s:?} is listed twice"),
+                        ));
                     }
                     if label != "noop_from" && terminal.contains(s.as_str()) {
                         return Err(DomainError::invalid(
                             format!("{at}.{label}[{j}]"),
-                            format!("{s:?} is terminal: a sealed entity cannot move (list it in noop_from to make the transition a no-op there)"),
+                            format!(
+                                "{s:?} is terminal: a sealed entity cannot move (list it in noop_from to make the transition a no-op there)"
+                            ),
                         ));
                     }
                 }
             }
             if t.from.is_empty() && t.stale_from.is_empty() {
-                return Err(DomainError::invalid(format!("{at}.from"), "a transition needs at least one state in from or stale_from"));
+                return Err(DomainError::invalid(
+                    format!("{at}.from"),
+                    "a transition needs at least one state in from or stale_from",
+                ));
             }
             for s in &t.stale_from {
                 if t.from.contains(s) {
-                    return Err(DomainError::invalid(format!("{at}.stale_from"), format!("{s:?} is also in from")));
+                    return Err(DomainError::invalid(
+                        format!("{at}.stale_from"),
+                        format!("{s:?} is also in from"),
+                    ));
                 }
             }
             for s in &t.noop_from {
                 if t.from.contains(s) || t.stale_from.contains(s) {
-                    return Err(DomainError::invalid(format!("{at}.noop_from"), format!("{s:?} is also in from or stale_from")));
+                    return Err(DomainError::invalid(
+                        format!("{at}.noop_from"),
+                        format!("{s:?} is also in from or stale_from"),
+                    ));
                 }
             }
             match (t.stale_from.is_empty(), t.stale_after) {
-                (true, Some(_)) => return Err(DomainError::invalid(format!("{at}.stale_after"), "is set but stale_from is empty")),
-                (false, None) => return Err(DomainError::invalid(format!("{at}.stale_after"), "is required when stale_from is set")),
+                (true, Some(_)) => {
+                    return Err(DomainError::invalid(
+                        format!("{at}.stale_after"),
+                        "is set but stale_from is empty",
+                    ));
+                }
+                (false, None) => {
+                    return Err(DomainError::invalid(
+                        format!("{at}.stale_after"),
+                        "is required when stale_from is set",
+                    ));
+                }
                 (false, Some(d)) if !(MIN_STALE_AFTER..=MAX_STALE_AFTER).contains(&d) => {
-                    return Err(DomainError::invalid(format!("{at}.stale_after"), "must be between 1s and 365 days"));
+                    return Err(DomainError::invalid(
+                        format!("{at}.stale_after"),
+                        "must be between 1s and 365 days",
+                    ));
                 }
                 _ => {}
             }
         }
         let mut fields = BTreeSet::new();
         if spec.field_rules.len() > MAX_FIELDS {
-            return Err(DomainError::invalid("spec.field_rules", format!("at most {MAX_FIELDS} rules")));
+            return Err(DomainError::invalid(
+                "spec.field_rules",
+                format!("at most {MAX_FIELDS} rules"),
+            ));
         }
         for (i, r) in spec.field_rules.iter().enumerate() {
             let at = format!("spec.field_rules[{i}]");
             Name::parse(&format!("{at}.field"), r.field.clone())?;
             if !fields.insert(r.field.as_str()) {
-                return Err(DomainError::invalid(format!("{at}.field"), format!("field {:?} has two rules", r.field)));
+                return Err(DomainError::invalid(
+                    format!("{at}.field"),
+                    format!("field {:?} has two rules", r.field),
+                ));
             }
             if r.allowed_in.is_empty() {
-                return Err(DomainError::invalid(format!("{at}.allowed_in"), "must list at least one state"));
+                return Err(DomainError::invalid(
+                    format!("{at}.allowed_in"),
+                    "must list at least one state",
+                ));
             }
             for (j, s) in r.allowed_in.iter().enumerate() {
                 known(format!("{at}.allowed_in[{j}]"), s)?;
@@ -215,17 +278,27 @@ impl Machine {
 
     /// The states a field may be present in, or `None` when unrestricted.
     pub fn allowed_in(&self, field: &str) -> Option<&[String]> {
-        self.spec.field_rules.iter().find(|r| r.field == field).map(|r| r.allowed_in.as_slice())
+        self.spec
+            .field_rules
+            .iter()
+            .find(|r| r.field == field)
+            .map(|r| r.allowed_in.as_slice())
     }
 
     /// True when `field` may be present in `state` (I5).
     pub fn field_allowed(&self, field: &str, state: &str) -> bool {
-        self.allowed_in(field).is_none_or(|states| states.iter().any(|s| s == state))
+        self.allowed_in(field)
+            .is_none_or(|states| states.iter().any(|s| s == state))
     }
 
     /// States of `self` that `next` no longer declares.
     pub fn removed_states<'a>(&'a self, next: &Machine) -> Vec<&'a str> {
-        self.spec.states.iter().filter(|s| !next.has_state(s)).map(String::as_str).collect()
+        self.spec
+            .states
+            .iter()
+            .filter(|s| !next.has_state(s))
+            .map(String::as_str)
+            .collect()
     }
 
     /// Checks a new entity's fields against the initial state's field rules.
@@ -293,20 +366,38 @@ pub enum Plan {
 
 /// Decides a transition (I4, I5). Order: unknown name, no-op state, version, allowed-from
 /// (with staleness guard), field rules.
-pub fn plan_transition(machine: &Machine, entity: &Snapshot<'_>, ask: &TransitionAsk, now: Timestamp) -> Result<Plan, DomainError> {
+pub fn plan_transition(
+    machine: &Machine,
+    entity: &Snapshot<'_>,
+    ask: &TransitionAsk,
+    now: Timestamp,
+) -> Result<Plan, DomainError> {
     let t = machine
         .spec
         .transitions
         .iter()
         .find(|t| t.name == ask.name.as_str())
-        .ok_or_else(|| DomainError::invalid("transition", format!("kind {:?} declares no transition {:?}", machine.kind(), ask.name.as_str())))?;
+        .ok_or_else(|| {
+            DomainError::invalid(
+                "transition",
+                format!(
+                    "kind {:?} declares no transition {:?}",
+                    machine.kind(),
+                    ask.name.as_str()
+                ),
+            )
+        })?;
     if t.noop_from.iter().any(|s| s == entity.state) {
         return Ok(Plan::Noop);
     }
     if let Some(expected) = ask.expect_version
         && expected != entity.version
     {
-        return Err(DomainError::VersionMismatch { expected, version: entity.version, current_state: entity.state.to_string() });
+        return Err(DomainError::VersionMismatch {
+            expected,
+            version: entity.version,
+            current_state: entity.state.to_string(),
+        });
     }
     let allowed_from = || t.from.iter().chain(&t.stale_from).cloned().collect::<Vec<_>>();
     let invalid = |detail: String| DomainError::InvalidTransition {
@@ -339,9 +430,17 @@ pub fn plan_transition(machine: &Machine, entity: &Snapshot<'_>, ask: &Transitio
     fields.extend(ask.set_fields.iter().map(|(k, v)| (k.clone(), v.clone())));
     fields.retain(|name, _| machine.field_allowed(name, &t.to));
     if fields.len() > MAX_FIELDS {
-        return Err(DomainError::invalid("set_fields", format!("an entity holds at most {MAX_FIELDS} fields")));
+        return Err(DomainError::invalid(
+            "set_fields",
+            format!("an entity holds at most {MAX_FIELDS} fields"),
+        ));
     }
-    Ok(Plan::Apply { from: entity.state.to_string(), to: t.to.clone(), fields, terminal: machine.is_terminal(&t.to) })
+    Ok(Plan::Apply {
+        from: entity.state.to_string(),
+        to: t.to.clone(),
+        fields,
+        terminal: machine.is_terminal(&t.to),
+    })
 }
 
 #[cfg(test)]
@@ -384,12 +483,25 @@ mod tests {
     }
 
     fn ask(name: &str) -> TransitionAsk {
-        TransitionAsk { name: Name::parse("t", name.into()).unwrap(), expect_version: None, set_fields: Fields::new(), clear_fields: vec![] }
+        TransitionAsk {
+            name: Name::parse("t", name.into()).unwrap(),
+            expect_version: None,
+            set_fields: Fields::new(),
+            clear_fields: vec![],
+        }
     }
 
     fn snap<'a>(state: &'a str, fields: &'a Fields, idle: Duration) -> (Snapshot<'a>, Timestamp) {
         let now = Timestamp(1_000_000_000_000);
-        (Snapshot { state, version: 3, fields, last_activity_at: Timestamp(now.0 - idle.as_micros() as i64) }, now)
+        (
+            Snapshot {
+                state,
+                version: 3,
+                fields,
+                last_activity_at: Timestamp(now.0 - idle.as_micros() as i64),
+            },
+            now,
+        )
     }
 
     #[test]
@@ -398,15 +510,26 @@ mod tests {
         let f = Fields::new();
         for state in ["failed", "paused"] {
             let (s, now) = snap(state, &f, Duration::ZERO);
-            assert!(matches!(plan_transition(&m, &s, &ask("resume"), now), Ok(Plan::Apply { .. })), "{state}");
+            assert!(
+                matches!(plan_transition(&m, &s, &ask("resume"), now), Ok(Plan::Apply { .. })),
+                "{state}"
+            );
         }
         let (fresh, now) = snap("running", &f, Duration::from_secs(60));
         let err = plan_transition(&m, &fresh, &ask("resume"), now).unwrap_err();
-        assert!(matches!(err, DomainError::InvalidTransition { ref current_state, version: 3, .. } if current_state == "running"));
+        assert!(
+            matches!(err, DomainError::InvalidTransition { ref current_state, version: 3, .. } if current_state == "running")
+        );
         let (stale, now) = snap("running", &f, Duration::from_secs(73 * 3600));
-        assert!(matches!(plan_transition(&m, &stale, &ask("resume"), now), Ok(Plan::Apply { .. })));
+        assert!(matches!(
+            plan_transition(&m, &stale, &ask("resume"), now),
+            Ok(Plan::Apply { .. })
+        ));
         let (done, now) = snap("completed", &f, Duration::ZERO);
-        assert!(matches!(plan_transition(&m, &done, &ask("resume"), now), Err(DomainError::InvalidTransition { .. })));
+        assert!(matches!(
+            plan_transition(&m, &done, &ask("resume"), now),
+            Err(DomainError::InvalidTransition { .. })
+        ));
     }
 
     #[test]
@@ -414,7 +537,10 @@ mod tests {
         let m = run_machine();
         let f = Fields::new();
         let (s, now) = snap("completed", &f, Duration::ZERO);
-        let a = TransitionAsk { expect_version: Some(99), ..ask("cancel") };
+        let a = TransitionAsk {
+            expect_version: Some(99),
+            ..ask("cancel")
+        };
         assert_eq!(plan_transition(&m, &s, &a, now), Ok(Plan::Noop));
     }
 
@@ -425,11 +551,16 @@ mod tests {
         f.insert("worker".into(), "w1".into());
         f.insert("note".into(), "kept".into());
         let (s, now) = snap("running", &f, Duration::ZERO);
-        let Ok(Plan::Apply { fields, .. }) = plan_transition(&m, &s, &ask("stop"), now) else { panic!() };
+        let Ok(Plan::Apply { fields, .. }) = plan_transition(&m, &s, &ask("stop"), now) else {
+            panic!()
+        };
         assert_eq!(fields.keys().collect::<Vec<_>>(), ["note"]);
         let mut a = ask("stop");
         a.set_fields.insert("worker".into(), "w2".into());
-        assert!(matches!(plan_transition(&m, &s, &a, now), Err(DomainError::FieldNotAllowed { .. })));
+        assert!(matches!(
+            plan_transition(&m, &s, &a, now),
+            Err(DomainError::FieldNotAllowed { .. })
+        ));
     }
 
     #[test]
@@ -437,24 +568,47 @@ mod tests {
         let m = run_machine();
         let f = Fields::new();
         let (s, now) = snap("pending", &f, Duration::ZERO);
-        let a = TransitionAsk { expect_version: Some(2), ..ask("start") };
+        let a = TransitionAsk {
+            expect_version: Some(2),
+            ..ask("start")
+        };
         assert_eq!(
             plan_transition(&m, &s, &a, now),
-            Err(DomainError::VersionMismatch { expected: 2, version: 3, current_state: "pending".into() })
+            Err(DomainError::VersionMismatch {
+                expected: 2,
+                version: 3,
+                current_state: "pending".into()
+            })
         );
     }
 
     #[test]
     fn invalid_specs_name_the_rule() {
         let base = run_machine().spec().clone();
-        let cases: Vec<(Box<dyn Fn(&mut MachineSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut MachineSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.terminal_states.clear()), "spec.terminal_states"),
             (Box::new(|s| s.initial_state = "completed".into()), "spec.initial_state"),
-            (Box::new(|s| s.transitions[0].from = vec!["nowhere".into()]), "spec.transitions[0].from[0]"),
-            (Box::new(|s| s.transitions[0].to = "nowhere".into()), "spec.transitions[0].to"),
-            (Box::new(|s| s.transitions[1].stale_after = None), "spec.transitions[1].stale_after"),
-            (Box::new(|s| s.transitions[3].from = vec!["completed".into()]), "spec.transitions[3].from[0]"),
-            (Box::new(|s| s.field_rules[0].allowed_in = vec!["x".into()]), "spec.field_rules[0].allowed_in[0]"),
+            (
+                Box::new(|s| s.transitions[0].from = vec!["nowhere".into()]),
+                "spec.transitions[0].from[0]",
+            ),
+            (
+                Box::new(|s| s.transitions[0].to = "nowhere".into()),
+                "spec.transitions[0].to",
+            ),
+            (
+                Box::new(|s| s.transitions[1].stale_after = None),
+                "spec.transitions[1].stale_after",
+            ),
+            (
+                Box::new(|s| s.transitions[3].from = vec!["completed".into()]),
+                "spec.transitions[3].from[0]",
+            ),
+            (
+                Box::new(|s| s.field_rules[0].allowed_in = vec!["x".into()]),
+                "spec.field_rules[0].allowed_in[0]",
+            ),
             (Box::new(|s| s.states.push("running".into())), "spec.states[6]"),
         ];
         for (mutate, field) in cases {
@@ -479,7 +633,14 @@ mod properties {
         (3usize..8, 1usize..3)
             .prop_flat_map(|(n, n_term)| {
                 let states: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
-                let trans = proptest::collection::vec((proptest::collection::vec(0..n - n_term, 1..4), 0..n, proptest::collection::vec(n - n_term..n, 0..2)), 1..8);
+                let trans = proptest::collection::vec(
+                    (
+                        proptest::collection::vec(0..n - n_term, 1..4),
+                        0..n,
+                        proptest::collection::vec(n - n_term..n, 0..2),
+                    ),
+                    1..8,
+                );
                 let rules = proptest::collection::vec(proptest::collection::vec(0..n, 1..4), 0..3);
                 (Just(states), Just(n_term), trans, rules)
             })
@@ -506,7 +667,14 @@ mod properties {
                             noop_from: dedup(noop),
                         })
                         .collect(),
-                    field_rules: rules.into_iter().enumerate().map(|(i, allowed)| FieldRule { field: format!("f{i}"), allowed_in: dedup(allowed) }).collect(),
+                    field_rules: rules
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, allowed)| FieldRule {
+                            field: format!("f{i}"),
+                            allowed_in: dedup(allowed),
+                        })
+                        .collect(),
                 };
                 Machine::parse(spec).expect("generated spec is valid")
             })
@@ -555,5 +723,7 @@ pub fn parse_machines_toml(text: &str) -> Result<Vec<MachineSpec>, String> {
     struct File {
         machine: Vec<MachineSpec>,
     }
-    toml::from_str::<File>(text).map(|f| f.machine).map_err(|e| e.to_string())
+    toml::from_str::<File>(text)
+        .map(|f| f.machine)
+        .map_err(|e| e.to_string())
 }

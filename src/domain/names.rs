@@ -10,7 +10,10 @@ fn free_form(field: &str, s: &str, max: usize) -> Result<(), DomainError> {
         return Err(DomainError::invalid(field, "must not be empty"));
     }
     if s.len() > max {
-        return Err(DomainError::invalid(field, format!("must be at most {max} bytes, got {}", s.len())));
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {max} bytes, got {}", s.len()),
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err(DomainError::invalid(field, "must not contain control characters"));
@@ -23,11 +26,15 @@ fn identifier(field: &str, s: &str) -> Result<(), DomainError> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(DomainError::invalid(field, format!("{s:?} must match [a-z][a-z0-9_]{{0,62}}")))
+        Err(DomainError::invalid(
+            field,
+            format!("{s:?} must match [a-z][a-z0-9_]{{0,62}}"),
+        ))
     }
 }
 
@@ -95,13 +102,17 @@ impl Namespace {
         let ok = !b.is_empty()
             && b.len() <= 63
             && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
+            && b.iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
         if ok {
             Ok(Self(s))
         } else if s.is_empty() {
             Err(DomainError::invalid(field, "must not be empty"))
         } else {
-            Err(DomainError::invalid(field, format!("{s:?} must match [a-z0-9][a-z0-9_.-]{{0,62}}")))
+            Err(DomainError::invalid(
+                field,
+                format!("{s:?} must match [a-z0-9][a-z0-9_.-]{{0,62}}"),
+            ))
         }
     }
 }
@@ -129,13 +140,17 @@ impl EntityId {
     pub fn parse(field: &str, s: String) -> Result<Self, DomainError> {
         let ok = !s.is_empty()
             && s.len() <= 128
-            && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'));
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'));
         if ok {
             Ok(Self(s))
         } else if s.is_empty() {
             Err(DomainError::invalid(field, "must not be empty"))
         } else {
-            Err(DomainError::invalid(field, format!("{s:?} must match [A-Za-z0-9_.:-]{{1,128}}")))
+            Err(DomainError::invalid(
+                field,
+                format!("{s:?} must match [A-Za-z0-9_.:-]{{1,128}}"),
+            ))
         }
     }
 
@@ -162,7 +177,11 @@ impl DedupKey {
 impl RequestId {
     /// Parses a request id; the empty string means "none".
     pub fn parse_optional(field: &str, s: String) -> Result<Option<Self>, DomainError> {
-        if s.is_empty() { Ok(None) } else { free_form(field, &s, 128).map(|()| Some(Self(s))) }
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            free_form(field, &s, 128).map(|()| Some(Self(s)))
+        }
     }
 }
 
@@ -206,7 +225,10 @@ mod tests {
         assert!(Namespace::parse("namespace", "team-a.prod_1".into()).is_ok());
         for bad in ["", "-a", "A", "a b", &"a".repeat(64)] {
             let err = Namespace::parse("namespace", bad.into()).unwrap_err();
-            assert!(matches!(err, DomainError::InvalidArgument { ref field, .. } if field == "namespace"), "{bad:?}");
+            assert!(
+                matches!(err, DomainError::InvalidArgument { ref field, .. } if field == "namespace"),
+                "{bad:?}"
+            );
         }
     }
 
@@ -231,9 +253,18 @@ mod tests {
     fn lock_keys_are_stable_and_spaced() {
         let ns = Namespace::parse("n", "a".into()).unwrap();
         // Pinned: replicas of different builds must agree on the lock of a key.
-        assert_eq!(lock_key(&ns, lock_space::LEASE, "k"), lock_key(&ns, lock_space::LEASE, "k"));
-        assert_ne!(lock_key(&ns, lock_space::LEASE, "k"), lock_key(&ns, lock_space::ENTITY, "k"));
+        assert_eq!(
+            lock_key(&ns, lock_space::LEASE, "k"),
+            lock_key(&ns, lock_space::LEASE, "k")
+        );
+        assert_ne!(
+            lock_key(&ns, lock_space::LEASE, "k"),
+            lock_key(&ns, lock_space::ENTITY, "k")
+        );
         let other = Namespace::parse("n", "b".into()).unwrap();
-        assert_ne!(lock_key(&ns, lock_space::LEASE, "k"), lock_key(&other, lock_space::LEASE, "k"));
+        assert_ne!(
+            lock_key(&ns, lock_space::LEASE, "k"),
+            lock_key(&other, lock_space::LEASE, "k")
+        );
     }
 }

@@ -34,23 +34,37 @@ impl EventInput {
         let ok = !b.is_empty()
             && b.len() <= 64
             && b[0].is_ascii_lowercase()
-            && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
+            && b.iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
         if !ok {
-            return Err(DomainError::invalid(format!("{field}.type"), format!("{event_type:?} must match [a-z][a-z0-9_.-]{{0,63}}")));
+            return Err(DomainError::invalid(
+                format!("{field}.type"),
+                format!("{event_type:?} must match [a-z][a-z0-9_.-]{{0,63}}"),
+            ));
         }
         if event_type == FINAL || event_type.starts_with("baton.") {
-            return Err(DomainError::invalid(format!("{field}.type"), format!("{event_type:?} is reserved for the server")));
+            return Err(DomainError::invalid(
+                format!("{field}.type"),
+                format!("{event_type:?} is reserved for the server"),
+            ));
         }
         check_payload(&format!("{field}.payload"), &payload)?;
         check_content_type(&format!("{field}.content_type"), &content_type)?;
-        Ok(Self { event_type, payload, content_type })
+        Ok(Self {
+            event_type,
+            payload,
+            content_type,
+        })
     }
 }
 
 /// Checks a payload's size.
 pub fn check_payload(field: &str, payload: &[u8]) -> Result<(), DomainError> {
     if payload.len() > MAX_PAYLOAD {
-        return Err(DomainError::invalid(field, format!("must be at most {MAX_PAYLOAD} bytes, got {}", payload.len())));
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {MAX_PAYLOAD} bytes, got {}", payload.len()),
+        ));
     }
     Ok(())
 }
@@ -58,19 +72,32 @@ pub fn check_payload(field: &str, payload: &[u8]) -> Result<(), DomainError> {
 /// Checks a content type.
 pub fn check_content_type(field: &str, ct: &str) -> Result<(), DomainError> {
     if ct.len() > MAX_CONTENT_TYPE || ct.chars().any(char::is_control) {
-        return Err(DomainError::invalid(field, format!("must be at most {MAX_CONTENT_TYPE} bytes with no control characters")));
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {MAX_CONTENT_TYPE} bytes with no control characters"),
+        ));
     }
     Ok(())
 }
 
 /// Parses a batch of client events: count and total size limits.
-pub fn parse_batch(field: &str, raw: Vec<(String, Vec<u8>, String)>, min: usize) -> Result<Vec<EventInput>, DomainError> {
+pub fn parse_batch(
+    field: &str,
+    raw: Vec<(String, Vec<u8>, String)>,
+    min: usize,
+) -> Result<Vec<EventInput>, DomainError> {
     if raw.len() < min || raw.len() > MAX_EVENTS {
-        return Err(DomainError::invalid(field, format!("must hold {min} to {MAX_EVENTS} events, got {}", raw.len())));
+        return Err(DomainError::invalid(
+            field,
+            format!("must hold {min} to {MAX_EVENTS} events, got {}", raw.len()),
+        ));
     }
     let total: usize = raw.iter().map(|(_, p, _)| p.len()).sum();
     if total > MAX_BATCH_BYTES {
-        return Err(DomainError::invalid(field, format!("payloads must total at most {MAX_BATCH_BYTES} bytes, got {total}")));
+        return Err(DomainError::invalid(
+            field,
+            format!("payloads must total at most {MAX_BATCH_BYTES} bytes, got {total}"),
+        ));
     }
     raw.into_iter()
         .enumerate()
@@ -127,7 +154,13 @@ pub fn plan_append(
             IfSealed::Drop => Ok(Err(final_seq)),
         };
     }
-    Ok(Ok(number(last_seq, inputs.iter().map(|e| (e.event_type.clone(), e.payload.clone(), e.content_type.clone(), None)), now)))
+    Ok(Ok(number(
+        last_seq,
+        inputs
+            .iter()
+            .map(|e| (e.event_type.clone(), e.payload.clone(), e.content_type.clone(), None)),
+        now,
+    )))
 }
 
 /// Numbers events after `last_seq` (I6: gapless).
@@ -139,7 +172,14 @@ pub fn number(
     events
         .into_iter()
         .zip(last_seq + 1..)
-        .map(|((event_type, payload, content_type, state), seq)| StoredEvent { seq, event_type, payload, content_type, state, created_at: now })
+        .map(|((event_type, payload, content_type, state), seq)| StoredEvent {
+            seq,
+            event_type,
+            payload,
+            content_type,
+            state,
+            created_at: now,
+        })
         .collect()
 }
 
@@ -150,9 +190,14 @@ mod tests {
     #[test]
     fn i7_sealed_tape_rejects_or_drops() {
         let ev = vec![EventInput::parse("e", "progress".into(), vec![1], String::new()).unwrap()];
-        assert_eq!(plan_append(5, Some(5), &ev, IfSealed::Reject, Timestamp(0)), Err(DomainError::TapeSealed { final_seq: 5 }));
+        assert_eq!(
+            plan_append(5, Some(5), &ev, IfSealed::Reject, Timestamp(0)),
+            Err(DomainError::TapeSealed { final_seq: 5 })
+        );
         assert_eq!(plan_append(5, Some(5), &ev, IfSealed::Drop, Timestamp(0)), Ok(Err(5)));
-        let stored = plan_append(5, None, &ev, IfSealed::Reject, Timestamp(0)).unwrap().unwrap();
+        let stored = plan_append(5, None, &ev, IfSealed::Reject, Timestamp(0))
+            .unwrap()
+            .unwrap();
         assert_eq!(stored[0].seq, 6);
     }
 

@@ -37,7 +37,8 @@ impl Clock {
 
     /// Moves this clock (and every store sharing it) forward by `d`.
     pub fn advance(&self, d: Duration) {
-        self.skew.fetch_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX), Ordering::SeqCst);
+        self.skew
+            .fetch_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX), Ordering::SeqCst);
     }
 
     /// Microseconds added to the underlying time source.

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 /// Domain time to proto.
 pub fn ts(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.0.div_euclid(1_000_000), nanos: (t.0.rem_euclid(1_000_000) * 1000) as i32 }
+    prost_types::Timestamp {
+        seconds: t.0.div_euclid(1_000_000),
+        nanos: (t.0.rem_euclid(1_000_000) * 1000) as i32,
+    }
 }
 
 /// Proto duration to std; negative or malformed is INVALID_ARGUMENT.
@@ -28,7 +31,10 @@ pub fn duration(field: &str, d: Option<prost_types::Duration>) -> Result<Option<
 
 /// Std duration to proto.
 pub fn pduration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 /// Optional fence.
@@ -105,7 +111,14 @@ pub fn spec_from_proto(s: proto::MachineSpec) -> Result<MachineSpec, DomainError
         initial_state: s.initial_state,
         terminal_states: s.terminal_states,
         transitions,
-        field_rules: s.field_rules.into_iter().map(|r| FieldRule { field: r.field, allowed_in: r.allowed_in }).collect(),
+        field_rules: s
+            .field_rules
+            .into_iter()
+            .map(|r| FieldRule {
+                field: r.field,
+                allowed_in: r.allowed_in,
+            })
+            .collect(),
     })
 }
 
@@ -128,11 +141,22 @@ pub fn spec_to_proto(s: &MachineSpec) -> proto::MachineSpec {
                 noop_from: t.noop_from.clone(),
             })
             .collect(),
-        field_rules: s.field_rules.iter().map(|r| proto::FieldRule { field: r.field.clone(), allowed_in: r.allowed_in.clone() }).collect(),
+        field_rules: s
+            .field_rules
+            .iter()
+            .map(|r| proto::FieldRule {
+                field: r.field.clone(),
+                allowed_in: r.allowed_in.clone(),
+            })
+            .collect(),
     }
 }
 
 /// Stored machine to proto.
 pub fn machine(m: &StoredMachine) -> proto::Machine {
-    proto::Machine { spec: Some(spec_to_proto(m.machine.spec())), version: m.version, defined_at: Some(ts(m.defined_at)) }
+    proto::Machine {
+        spec: Some(spec_to_proto(m.machine.spec())),
+        version: m.version,
+        defined_at: Some(ts(m.defined_at)),
+    }
 }

@@ -50,7 +50,10 @@ fn rid(s: String) -> Result<Option<RequestId>, DomainError> {
 }
 
 fn raw_events(events: Vec<proto::EventInput>) -> Vec<(String, Vec<u8>, String)> {
-    events.into_iter().map(|e| (e.r#type, e.payload, e.content_type)).collect()
+    events
+        .into_iter()
+        .map(|e| (e.r#type, e.payload, e.content_type))
+        .collect()
 }
 
 /// Runs a handler body, turning any error into a status.
@@ -66,7 +69,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
     async fn acquire_lease(&self, req: Request<proto::AcquireLeaseRequest>) -> Reply<proto::AcquireLeaseResponse> {
         // The wait is bounded by the caller's deadline too (grpc-timeout), minus a margin
         // to answer in time.
-        let deadline = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        let deadline = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
         let r = req.into_inner();
         answer(async {
             let wait = convert::duration("wait", r.wait)?.unwrap_or_default();
@@ -86,7 +93,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 request_id: rid(r.request_id)?,
             };
             let out = self.inner.acquire_lease(cmd).await?;
-            Ok(proto::AcquireLeaseResponse { acquired: out.acquired, lease: Some(convert::lease(out.lease)) })
+            Ok(proto::AcquireLeaseResponse {
+                acquired: out.acquired,
+                lease: Some(convert::lease(out.lease)),
+            })
         })
         .await
     }
@@ -104,7 +114,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     rid(r.request_id)?,
                 )
                 .await?;
-            Ok(proto::RenewLeaseResponse { lease: Some(convert::lease(lease)) })
+            Ok(proto::RenewLeaseResponse {
+                lease: Some(convert::lease(lease)),
+            })
         })
         .await
     }
@@ -114,7 +126,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
         answer(async {
             let released = self
                 .inner
-                .release_lease(ns(r.namespace)?, LeaseKey::parse("key", r.key)?, FencingToken::parse("token", r.token)?, rid(r.request_id)?)
+                .release_lease(
+                    ns(r.namespace)?,
+                    LeaseKey::parse("key", r.key)?,
+                    FencingToken::parse("token", r.token)?,
+                    rid(r.request_id)?,
+                )
                 .await?;
             Ok(proto::ReleaseLeaseResponse { released })
         })
@@ -124,8 +141,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
     async fn get_lease(&self, req: Request<proto::GetLeaseRequest>) -> Reply<proto::GetLeaseResponse> {
         let r = req.into_inner();
         answer(async {
-            let view = self.inner.get_lease(ns(r.namespace)?, LeaseKey::parse("key", r.key)?).await?;
-            Ok(proto::GetLeaseResponse { lease: view.lease.map(convert::lease), last_token: view.last_token })
+            let view = self
+                .inner
+                .get_lease(ns(r.namespace)?, LeaseKey::parse("key", r.key)?)
+                .await?;
+            Ok(proto::GetLeaseResponse {
+                lease: view.lease.map(convert::lease),
+                last_token: view.last_token,
+            })
         })
         .await
     }
@@ -136,7 +159,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
             let spec = r.spec.ok_or_else(|| DomainError::invalid("spec", "is required"))?;
             let machine = Machine::parse(convert::spec_from_proto(spec)?)?;
             let out = self.inner.define_machine(ns(r.namespace)?, machine).await?;
-            Ok(proto::DefineMachineResponse { machine: Some(convert::machine(&out.machine)), changed: out.changed })
+            Ok(proto::DefineMachineResponse {
+                machine: Some(convert::machine(&out.machine)),
+                changed: out.changed,
+            })
         })
         .await
     }
@@ -144,8 +170,13 @@ impl coordinator_server::Coordinator for CoordinatorService {
     async fn get_machine(&self, req: Request<proto::GetMachineRequest>) -> Reply<proto::GetMachineResponse> {
         let r = req.into_inner();
         answer(async {
-            let m = self.inner.get_machine(ns(r.namespace)?, Name::parse("kind", r.kind)?).await?;
-            Ok(proto::GetMachineResponse { machine: Some(convert::machine(&m)) })
+            let m = self
+                .inner
+                .get_machine(ns(r.namespace)?, Name::parse("kind", r.kind)?)
+                .await?;
+            Ok(proto::GetMachineResponse {
+                machine: Some(convert::machine(&m)),
+            })
         })
         .await
     }
@@ -157,13 +188,18 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 ns: ns(r.namespace)?,
                 kind: Name::parse("kind", r.kind)?,
                 id: (!r.id.is_empty()).then(|| EntityId::parse("id", r.id)).transpose()?,
-                dedup_key: (!r.dedup_key.is_empty()).then(|| DedupKey::parse("dedup_key", r.dedup_key)).transpose()?,
+                dedup_key: (!r.dedup_key.is_empty())
+                    .then(|| DedupKey::parse("dedup_key", r.dedup_key))
+                    .transpose()?,
                 fields: parse_fields("fields", r.fields)?,
                 fence: convert::fence("fence", r.fence)?,
                 request_id: rid(r.request_id)?,
             };
             let out = self.inner.create_entity(cmd).await?;
-            Ok(proto::CreateEntityResponse { created: out.created, entity: Some(convert::entity(out.entity)) })
+            Ok(proto::CreateEntityResponse {
+                created: out.created,
+                entity: Some(convert::entity(out.entity)),
+            })
         })
         .await
     }
@@ -171,8 +207,13 @@ impl coordinator_server::Coordinator for CoordinatorService {
     async fn get_entity(&self, req: Request<proto::GetEntityRequest>) -> Reply<proto::GetEntityResponse> {
         let r = req.into_inner();
         answer(async {
-            let e = self.inner.get_entity(ns(r.namespace)?, EntityId::parse("id", r.id)?).await?;
-            Ok(proto::GetEntityResponse { entity: Some(convert::entity(e)) })
+            let e = self
+                .inner
+                .get_entity(ns(r.namespace)?, EntityId::parse("id", r.id)?)
+                .await?;
+            Ok(proto::GetEntityResponse {
+                entity: Some(convert::entity(e)),
+            })
         })
         .await
     }
@@ -182,14 +223,18 @@ impl coordinator_server::Coordinator for CoordinatorService {
         answer(async {
             let limit = match r.page_size {
                 0 => DEFAULT_PAGE,
-                n if n > MAX_PAGE => return Err(DomainError::invalid("page_size", format!("must be at most {MAX_PAGE}")).into()),
+                n if n > MAX_PAGE => {
+                    return Err(DomainError::invalid("page_size", format!("must be at most {MAX_PAGE}")).into());
+                }
                 n => n,
             };
             let after_id = if r.page_token.is_empty() {
                 None
             } else {
                 let bad = || DomainError::invalid("page_token", "is not a token from a previous ListEntities response");
-                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&r.page_token).map_err(|_| bad())?;
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&r.page_token)
+                    .map_err(|_| bad())?;
                 Some(EntityId::parse("page_token", String::from_utf8(raw).map_err(|_| bad())?).map_err(|_| bad())?)
             };
             let q = ListQuery {
@@ -206,7 +251,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 (true, Some(last)) => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last.id.as_str()),
                 _ => String::new(),
             };
-            Ok(proto::ListEntitiesResponse { entities: page.into_iter().map(convert::entity).collect(), next_page_token })
+            Ok(proto::ListEntitiesResponse {
+                entities: page.into_iter().map(convert::entity).collect(),
+                next_page_token,
+            })
         })
         .await
     }
@@ -235,7 +283,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 request_id: rid(r.request_id)?,
             };
             let out = self.inner.transition(cmd).await?;
-            Ok(proto::TransitionResponse { applied: out.applied, entity: Some(convert::entity(out.entity)), seqs: out.seqs })
+            Ok(proto::TransitionResponse {
+                applied: out.applied,
+                entity: Some(convert::entity(out.entity)),
+                seqs: out.seqs,
+            })
         })
         .await
     }
@@ -246,7 +298,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
             let if_sealed = match proto::IfSealed::try_from(r.if_sealed) {
                 Ok(proto::IfSealed::Unspecified | proto::IfSealed::Reject) => IfSealed::Reject,
                 Ok(proto::IfSealed::Drop) => IfSealed::Drop,
-                Err(_) => return Err(DomainError::invalid("if_sealed", format!("unknown value {}", r.if_sealed)).into()),
+                Err(_) => {
+                    return Err(DomainError::invalid("if_sealed", format!("unknown value {}", r.if_sealed)).into());
+                }
             };
             let cmd = AppendCmd {
                 ns: ns(r.namespace)?,
@@ -257,7 +311,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 request_id: rid(r.request_id)?,
             };
             let out = self.inner.append_events(cmd).await?;
-            Ok(proto::AppendEventsResponse { seqs: out.seqs, dropped: out.dropped, final_seq: out.final_seq.unwrap_or(0) })
+            Ok(proto::AppendEventsResponse {
+                seqs: out.seqs,
+                dropped: out.dropped,
+                final_seq: out.final_seq.unwrap_or(0),
+            })
         })
         .await
     }
@@ -276,7 +334,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
             item.map(|i| proto::StreamEventsResponse {
                 item: Some(match i {
                     StreamItem::Event(e) => proto::stream_events_response::Item::Event(convert::event(&e)),
-                    StreamItem::Heartbeat(seq) => proto::stream_events_response::Item::Heartbeat(proto::Heartbeat { latest_seq: seq }),
+                    StreamItem::Heartbeat(seq) => {
+                        proto::stream_events_response::Item::Heartbeat(proto::Heartbeat { latest_seq: seq })
+                    }
                 }),
             })
             .map_err(Status::from)

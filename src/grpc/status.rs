@@ -20,8 +20,16 @@ impl From<Error> for Status {
         let msg = e.to_string();
         match e {
             Error::Rule(d) => match d {
-                DomainError::InvalidArgument { field, .. } => status(Code::InvalidArgument, "INVALID_ARGUMENT", msg, &[("field", field)]),
-                DomainError::InvalidTransition { transition, current_state, version, allowed_from, .. } => status(
+                DomainError::InvalidArgument { field, .. } => {
+                    status(Code::InvalidArgument, "INVALID_ARGUMENT", msg, &[("field", field)])
+                }
+                DomainError::InvalidTransition {
+                    transition,
+                    current_state,
+                    version,
+                    allowed_from,
+                    ..
+                } => status(
                     Code::FailedPrecondition,
                     "INVALID_TRANSITION",
                     msg,
@@ -32,13 +40,26 @@ impl From<Error> for Status {
                         ("allowed_from", allowed_from.join(",")),
                     ],
                 ),
-                DomainError::VersionMismatch { expected, version, current_state } => status(
+                DomainError::VersionMismatch {
+                    expected,
+                    version,
+                    current_state,
+                } => status(
                     Code::Aborted,
                     "VERSION_MISMATCH",
                     msg,
-                    &[("expected_version", expected.to_string()), ("version", version.to_string()), ("current_state", current_state)],
+                    &[
+                        ("expected_version", expected.to_string()),
+                        ("version", version.to_string()),
+                        ("current_state", current_state),
+                    ],
                 ),
-                DomainError::LeaseLost { key, token, current_token, current_holder } => {
+                DomainError::LeaseLost {
+                    key,
+                    token,
+                    current_token,
+                    current_holder,
+                } => {
                     let mut meta = vec![("key", key), ("token", token.to_string())];
                     if let Some(t) = current_token {
                         meta.push(("current_token", t.to_string()));
@@ -48,34 +69,61 @@ impl From<Error> for Status {
                     }
                     status(Code::FailedPrecondition, "LEASE_LOST", msg, &meta)
                 }
-                DomainError::TapeSealed { final_seq } => {
-                    status(Code::FailedPrecondition, "TAPE_SEALED", msg, &[("final_seq", final_seq.to_string())])
-                }
-                DomainError::FieldNotAllowed { field, state, allowed_in } => status(
+                DomainError::TapeSealed { final_seq } => status(
+                    Code::FailedPrecondition,
+                    "TAPE_SEALED",
+                    msg,
+                    &[("final_seq", final_seq.to_string())],
+                ),
+                DomainError::FieldNotAllowed {
+                    field,
+                    state,
+                    allowed_in,
+                } => status(
                     Code::InvalidArgument,
                     "FIELD_NOT_ALLOWED",
                     msg,
                     &[("field", field), ("state", state), ("allowed_in", allowed_in.join(","))],
                 ),
-                DomainError::NotFound { what, name } => {
-                    status(Code::NotFound, &format!("{}_NOT_FOUND", what.to_uppercase()), msg, &[("name", name)])
-                }
-                DomainError::AlreadyExists { what, name } => {
-                    status(Code::AlreadyExists, &format!("{}_EXISTS", what.to_uppercase()), msg, &[("name", name)])
-                }
-                DomainError::StateInUse { kind, state } => {
-                    status(Code::FailedPrecondition, "STATE_IN_USE", msg, &[("kind", kind), ("state", state)])
-                }
-                DomainError::RequestIdReused { request_id, method } => {
-                    status(Code::InvalidArgument, "REQUEST_ID_REUSED", msg, &[("request_id", request_id), ("first_call", method)])
-                }
-                DomainError::OutOfRange { earliest_seq } => {
-                    status(Code::OutOfRange, "CURSOR_EXPIRED", msg, &[("earliest_seq", earliest_seq.to_string())])
-                }
+                DomainError::NotFound { what, name } => status(
+                    Code::NotFound,
+                    &format!("{}_NOT_FOUND", what.to_uppercase()),
+                    msg,
+                    &[("name", name)],
+                ),
+                DomainError::AlreadyExists { what, name } => status(
+                    Code::AlreadyExists,
+                    &format!("{}_EXISTS", what.to_uppercase()),
+                    msg,
+                    &[("name", name)],
+                ),
+                DomainError::StateInUse { kind, state } => status(
+                    Code::FailedPrecondition,
+                    "STATE_IN_USE",
+                    msg,
+                    &[("kind", kind), ("state", state)],
+                ),
+                DomainError::RequestIdReused { request_id, method } => status(
+                    Code::InvalidArgument,
+                    "REQUEST_ID_REUSED",
+                    msg,
+                    &[("request_id", request_id), ("first_call", method)],
+                ),
+                DomainError::OutOfRange { earliest_seq } => status(
+                    Code::OutOfRange,
+                    "CURSOR_EXPIRED",
+                    msg,
+                    &[("earliest_seq", earliest_seq.to_string())],
+                ),
             },
             Error::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "database unavailable");
-                status(Code::Unavailable, "DATABASE_UNAVAILABLE", "database unavailable; retry later".into(), &[])
+                status(
+                    Code::Unavailable,
+                    "DATABASE_UNAVAILABLE",
+                    "database unavailable; retry later".into(),
+                    &[],
+                )
             }
             Error::ShuttingDown { last_seq } => {
                 let meta: Vec<(&str, String)> = last_seq.map(|s| ("last_seq", s.to_string())).into_iter().collect();
@@ -83,7 +131,12 @@ impl From<Error> for Status {
             }
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
-                status(Code::Internal, "INTERNAL", "internal error; see the server log".into(), &[])
+                status(
+                    Code::Internal,
+                    "INTERNAL",
+                    "internal error; see the server log".into(),
+                    &[],
+                )
             }
         }
     }

@@ -1,7 +1,7 @@
 //! CreateEntity (with dedup, I9), GetEntity, ListEntities and Transition (I4, I5): each
 //! write is one transaction that checks the machine, the version and the fence together.
 
-use super::idempotency::{remember, replay};
+use super::idempotency::{call_id, remember, replay};
 use super::leases::check_fence;
 use super::{Coordinator, Result};
 use crate::domain::DomainError;
@@ -77,11 +77,20 @@ pub struct TransitionOutcome {
 /// redefinition cannot remove a state under this transaction.
 async fn machine_in_tx(tx: &mut dyn WriteTx, ns: &Namespace, kind: &Name) -> Result<StoredMachine> {
     tx.lock_shared(lock_key(ns, lock_space::MACHINE, kind.as_str())).await?;
-    tx.machine(ns, kind).await?.ok_or_else(|| DomainError::NotFound { what: "machine", name: kind.to_string() }.into())
+    tx.machine(ns, kind).await?.ok_or_else(|| {
+        DomainError::NotFound {
+            what: "machine",
+            name: kind.to_string(),
+        }
+        .into()
+    })
 }
 
 fn not_found(id: &EntityId) -> DomainError {
-    DomainError::NotFound { what: "entity", name: id.to_string() }
+    DomainError::NotFound {
+        what: "entity",
+        name: id.to_string(),
+    }
 }
 
 /// The lock a write to an entity takes.
@@ -102,7 +111,11 @@ impl Coordinator {
             (None, None, Some(rid)) => lock_key(&cmd.ns, lock_space::REQUEST, rid.as_str()),
             (None, None, None) => entity_lock(&cmd.ns, &id),
         };
-        let call = format!("CreateEntity {}", cmd.kind);
+        let call = call_id(
+            "CreateEntity",
+            cmd.kind.as_str(),
+            &(&cmd.id, &cmd.dedup_key, &cmd.fields, &cmd.fence),
+        );
         let mut tx = self.store.begin(lock).await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
             return Ok(out);
@@ -113,7 +126,10 @@ impl Coordinator {
         if let Some(dedup) = &cmd.dedup_key
             && let Some(existing) = tx.entity_by_dedup(&cmd.ns, &cmd.kind, dedup).await?
         {
-            return Ok(CreateOutcome { created: false, entity: existing });
+            return Ok(CreateOutcome {
+                created: false,
+                entity: existing,
+            });
         }
         let now = tx.now();
         let entity = Entity {
@@ -154,29 +170,72 @@ impl Coordinator {
     /// applies; the others learn the current state from their error (I4).
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, id = %cmd.entity_id, transition = %cmd.ask.name))]
     pub async fn transition(&self, cmd: TransitionCmd) -> Result<TransitionOutcome> {
-        let call = format!("Transition {} {}", cmd.entity_id, cmd.ask.name);
+        let call = call_id(
+            "Transition",
+            cmd.entity_id.as_str(),
+            &(
+                &cmd.ask,
+                &cmd.fence,
+                &cmd.events,
+                &cmd.final_payload,
+                &cmd.final_content_type,
+            ),
+        );
         let mut tx = self.store.begin(entity_lock(&cmd.ns, &cmd.entity_id)).await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
             return Ok(out);
         }
-        let entity = tx.entity(&cmd.ns, &cmd.entity_id).await?.ok_or_else(|| not_found(&cmd.entity_id))?;
+        let entity = tx
+            .entity(&cmd.ns, &cmd.entity_id)
+            .await?
+            .ok_or_else(|| not_found(&cmd.entity_id))?;
         let machine = machine_in_tx(&mut *tx, &cmd.ns, &entity.kind).await?;
         check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
         let now = tx.now();
-        let snapshot = Snapshot { state: &entity.state, version: entity.version, fields: &entity.fields, last_activity_at: entity.last_activity_at };
+        let snapshot = Snapshot {
+            state: &entity.state,
+            version: entity.version,
+            fields: &entity.fields,
+            last_activity_at: entity.last_activity_at,
+        };
         let (from, to, fields, terminal) = match plan_transition(&machine.machine, &snapshot, &cmd.ask, now)? {
-            Plan::Noop => return Ok(TransitionOutcome { applied: false, entity, seqs: vec![] }),
-            Plan::Apply { from, to, fields, terminal } => (from, to, fields, terminal),
+            Plan::Noop => {
+                return Ok(TransitionOutcome {
+                    applied: false,
+                    entity,
+                    seqs: vec![],
+                });
+            }
+            Plan::Apply {
+                from,
+                to,
+                fields,
+                terminal,
+            } => (from, to, fields, terminal),
         };
         if let Some(final_seq) = entity.final_seq {
             // Unreachable with a valid machine (terminal states have no exits); I7 anyway.
             return Err(DomainError::TapeSealed { final_seq }.into());
         }
         let change = serde_json::json!({ "transition": cmd.ask.name.as_str(), "from": from, "to": to }).to_string();
-        let mut raw = vec![(tape::TRANSITION.to_string(), change.into_bytes(), "application/json".to_string(), Some(to.clone()))];
-        raw.extend(cmd.events.into_iter().map(|e| (e.event_type, e.payload, e.content_type, None)));
+        let mut raw = vec![(
+            tape::TRANSITION.to_string(),
+            change.into_bytes(),
+            "application/json".to_string(),
+            Some(to.clone()),
+        )];
+        raw.extend(
+            cmd.events
+                .into_iter()
+                .map(|e| (e.event_type, e.payload, e.content_type, None)),
+        );
         if terminal {
-            raw.push((tape::FINAL.to_string(), cmd.final_payload, cmd.final_content_type, Some(to.clone())));
+            raw.push((
+                tape::FINAL.to_string(),
+                cmd.final_payload,
+                cmd.final_content_type,
+                Some(to.clone()),
+            ));
         }
         let events = tape::number(entity.last_seq, raw, now);
         let head = events.last().map_or(entity.last_seq, |e| e.seq);
@@ -192,7 +251,11 @@ impl Coordinator {
         };
         tx.update_entity(&cmd.ns, &after).await?;
         tx.insert_events(&cmd.ns, &after.id, &events).await?;
-        let out = TransitionOutcome { applied: true, seqs: events.iter().map(|e| e.seq).collect(), entity: after };
+        let out = TransitionOutcome {
+            applied: true,
+            seqs: events.iter().map(|e| e.seq).collect(),
+            entity: after,
+        };
         publish_tape(&mut *tx, &cmd.ns, &out.entity.id, events).await?;
         remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
         tx.commit().await?;
@@ -201,8 +264,20 @@ impl Coordinator {
 }
 
 /// Announces appended events (delivered to subscribers after commit).
-pub(super) async fn publish_tape(tx: &mut dyn WriteTx, ns: &Namespace, id: &EntityId, events: Vec<StoredEvent>) -> Result<()> {
+pub(super) async fn publish_tape(
+    tx: &mut dyn WriteTx,
+    ns: &Namespace,
+    id: &EntityId,
+    events: Vec<StoredEvent>,
+) -> Result<()> {
     let head = events.last().map_or(0, |e| e.seq);
     let events = events.into_iter().map(Arc::new).collect();
-    Ok(tx.publish(Change::Tape { ns: ns.clone(), entity_id: id.clone(), head, events }).await?)
+    Ok(tx
+        .publish(Change::Tape {
+            ns: ns.clone(),
+            entity_id: id.clone(),
+            head,
+            events,
+        })
+        .await?)
 }

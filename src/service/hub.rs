@@ -58,10 +58,19 @@ impl Hub {
 
     fn dispatch(&self, change: Change) {
         match change {
-            Change::Tape { ns, entity_id, head, events } => {
+            Change::Tape {
+                ns,
+                entity_id,
+                head,
+                events,
+            } => {
                 let tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(tx) = tapes.get(&(ns, entity_id)) {
-                    let signal = if events.is_empty() { TapeSignal::Head(head) } else { TapeSignal::Events(Arc::new(events)) };
+                    let signal = if events.is_empty() {
+                        TapeSignal::Head(head)
+                    } else {
+                        TapeSignal::Events(Arc::new(events))
+                    };
                     let _ = tx.send(signal);
                 }
             }
@@ -86,21 +95,40 @@ impl Hub {
     pub fn subscribe_tape(self: &Arc<Self>, ns: &Namespace, id: &EntityId) -> TapeSubscription {
         let key = (ns.clone(), id.clone());
         let mut tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
-        let rx = tapes.entry(key.clone()).or_insert_with(|| broadcast::channel(TAPE_CHANNEL_CAPACITY).0).subscribe();
-        TapeSubscription { rx, hub: self.clone(), key }
+        let rx = tapes
+            .entry(key.clone())
+            .or_insert_with(|| broadcast::channel(TAPE_CHANNEL_CAPACITY).0)
+            .subscribe();
+        TapeSubscription {
+            rx,
+            hub: self.clone(),
+            key,
+        }
     }
 
     /// The wake-up of a lease key's waiters.
     pub fn lease_waiter(self: &Arc<Self>, ns: &Namespace, key: &LeaseKey) -> LeaseWaiter {
         let k = (ns.clone(), key.clone());
-        let notify = self.leases.lock().unwrap_or_else(|p| p.into_inner()).entry(k.clone()).or_default().clone();
-        LeaseWaiter { notify, hub: self.clone(), key: k }
+        let notify = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(k.clone())
+            .or_default()
+            .clone();
+        LeaseWaiter {
+            notify,
+            hub: self.clone(),
+            key: k,
+        }
     }
 
     /// Number of callers waiting on a lease key (for tests and metrics).
     pub fn lease_waiters(&self, ns: &Namespace, key: &LeaseKey) -> usize {
         let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases.get(&(ns.clone(), key.clone())).map_or(0, |n| Arc::strong_count(n) - 1)
+        leases
+            .get(&(ns.clone(), key.clone()))
+            .map_or(0, |n| Arc::strong_count(n) - 1)
     }
 
     /// Number of entities with local subscribers (for tests and metrics).

@@ -7,6 +7,19 @@ use crate::domain::DomainError;
 use crate::domain::names::{Namespace, RequestId};
 use crate::storage::WriteTx;
 use serde::{Serialize, de::DeserializeOwned};
+use std::fmt::Debug;
+
+/// Names one logical call: its method, target, and a fingerprint of everything else it
+/// asked for (request id excluded). A retry matches it exactly; a different request under
+/// the same id does not, and is refused instead of answered with someone else's outcome.
+pub fn call_id(method: &str, target: &str, request: &impl Debug) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{request:?}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{method} {target} {h:016x}")
+}
 
 /// The stored outcome of `rid`, if this call already ran. `call` identifies the call
 /// (method and target), so an id reused for a different call is refused.
@@ -22,12 +35,22 @@ pub async fn replay<T: DeserializeOwned>(
         Some((stored, json)) if stored == call => serde_json::from_str(&json)
             .map(Some)
             .map_err(|e| Error::Internal(format!("stored outcome of {rid} is unreadable: {e}"))),
-        Some((stored, _)) => Err(DomainError::RequestIdReused { request_id: rid.to_string(), method: stored }.into()),
+        Some((stored, _)) => Err(DomainError::RequestIdReused {
+            request_id: rid.to_string(),
+            method: stored,
+        }
+        .into()),
     }
 }
 
 /// Records the outcome of `rid` in the same transaction as the change it describes.
-pub async fn remember<T: Serialize>(tx: &mut dyn WriteTx, ns: &Namespace, rid: Option<&RequestId>, call: &str, outcome: &T) -> Result<()> {
+pub async fn remember<T: Serialize>(
+    tx: &mut dyn WriteTx,
+    ns: &Namespace,
+    rid: Option<&RequestId>,
+    call: &str,
+    outcome: &T,
+) -> Result<()> {
     let Some(rid) = rid else { return Ok(()) };
     let json = serde_json::to_string(outcome).map_err(|e| Error::Internal(e.to_string()))?;
     Ok(tx.put_request(ns, rid, call, &json).await?)

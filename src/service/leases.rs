@@ -1,7 +1,7 @@
 //! AcquireLease, RenewLease, ReleaseLease, GetLease, and the fence check every fenced
 //! write runs inside its own transaction (I1, I2, I3).
 
-use super::idempotency::{remember, replay};
+use super::idempotency::{call_id, remember, replay};
 use super::{Coordinator, Error, Result};
 use crate::domain::lease::{self, AcquireDecision, Fence, FencingToken, Lease, Ttl};
 use crate::domain::names::{Holder, LeaseKey, Namespace, RequestId, lock_key, lock_space};
@@ -90,7 +90,7 @@ impl Coordinator {
     }
 
     async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome> {
-        let call = format!("AcquireLease {}", cmd.key);
+        let call = call_id("AcquireLease", cmd.key.as_str(), &(&cmd.holder, cmd.ttl));
         let mut tx = self.store.begin(lease_lock(&cmd.ns, &cmd.key)).await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
             return Ok(out);
@@ -98,10 +98,18 @@ impl Coordinator {
         let row = tx.lease_row(&cmd.ns, &cmd.key, false).await?;
         let now = tx.now();
         match lease::decide_acquire(row.as_ref(), &cmd.key, &cmd.holder, cmd.ttl, now) {
-            AcquireDecision::Busy(lease) => Ok(AcquireOutcome { acquired: false, lease, now }),
+            AcquireDecision::Busy(lease) => Ok(AcquireOutcome {
+                acquired: false,
+                lease,
+                now,
+            }),
             AcquireDecision::Grant(lease) => {
                 tx.put_lease(&cmd.ns, &lease).await?;
-                let out = AcquireOutcome { acquired: true, lease, now };
+                let out = AcquireOutcome {
+                    acquired: true,
+                    lease,
+                    now,
+                };
                 remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
                 tx.commit().await?;
                 Ok(out)
@@ -111,8 +119,15 @@ impl Coordinator {
 
     /// RenewLease: the live lease with `token` gets `now + ttl`, else LEASE_LOST.
     #[tracing::instrument(skip_all, fields(ns = %ns, key = %key))]
-    pub async fn renew_lease(&self, ns: Namespace, key: LeaseKey, token: FencingToken, ttl: Ttl, rid: Option<RequestId>) -> Result<Lease> {
-        let call = format!("RenewLease {key} {}", token.0);
+    pub async fn renew_lease(
+        &self,
+        ns: Namespace,
+        key: LeaseKey,
+        token: FencingToken,
+        ttl: Ttl,
+        rid: Option<RequestId>,
+    ) -> Result<Lease> {
+        let call = call_id("RenewLease", key.as_str(), &(token, ttl));
         let mut tx = self.store.begin(lease_lock(&ns, &key)).await?;
         if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
             return Ok(out);
@@ -127,8 +142,14 @@ impl Coordinator {
 
     /// ReleaseLease: idempotent; true when this call ended the live lease.
     #[tracing::instrument(skip_all, fields(ns = %ns, key = %key))]
-    pub async fn release_lease(&self, ns: Namespace, key: LeaseKey, token: FencingToken, rid: Option<RequestId>) -> Result<bool> {
-        let call = format!("ReleaseLease {key} {}", token.0);
+    pub async fn release_lease(
+        &self,
+        ns: Namespace,
+        key: LeaseKey,
+        token: FencingToken,
+        rid: Option<RequestId>,
+    ) -> Result<bool> {
+        let call = call_id("ReleaseLease", key.as_str(), &token);
         let mut tx = self.store.begin(lease_lock(&ns, &key)).await?;
         if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
             return Ok(out);
@@ -138,7 +159,11 @@ impl Coordinator {
             return Ok(false);
         }
         tx.end_lease(&ns, &key).await?;
-        tx.publish(Change::LeaseFreed { ns: ns.clone(), key: key.clone() }).await?;
+        tx.publish(Change::LeaseFreed {
+            ns: ns.clone(),
+            key: key.clone(),
+        })
+        .await?;
         remember(&mut *tx, &ns, rid.as_ref(), &call, &true).await?;
         tx.commit().await?;
         Ok(true)
@@ -148,6 +173,9 @@ impl Coordinator {
     pub async fn get_lease(&self, ns: Namespace, key: LeaseKey) -> Result<LeaseView> {
         let row = self.store.lease_row(&ns, &key).await?;
         let now = self.store.now().await?;
-        Ok(LeaseView { lease: row.as_ref().and_then(|r| r.live(now)), last_token: row.map_or(0, |r| r.token.0) })
+        Ok(LeaseView {
+            lease: row.as_ref().and_then(|r| r.live(now)),
+            last_token: row.map_or(0, |r| r.token.0),
+        })
     }
 }

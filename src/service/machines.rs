@@ -24,15 +24,25 @@ impl Coordinator {
     #[tracing::instrument(skip_all, fields(ns = %ns, kind = machine.kind()))]
     pub async fn define_machine(&self, ns: Namespace, machine: Machine) -> Result<DefineOutcome> {
         let kind = Name::parse("spec.kind", machine.kind().to_string())?;
-        let mut tx = self.store.begin(lock_key(&ns, lock_space::MACHINE, kind.as_str())).await?;
+        let mut tx = self
+            .store
+            .begin(lock_key(&ns, lock_space::MACHINE, kind.as_str()))
+            .await?;
         let current = tx.machine(&ns, &kind).await?;
         if let Some(cur) = &current {
             if cur.machine.spec() == machine.spec() {
-                return Ok(DefineOutcome { machine: cur.clone(), changed: false });
+                return Ok(DefineOutcome {
+                    machine: cur.clone(),
+                    changed: false,
+                });
             }
             let removed = cur.machine.removed_states(&machine);
             if let Some(state) = tx.state_in_use(&ns, &kind, &removed).await? {
-                return Err(DomainError::StateInUse { kind: kind.to_string(), state }.into());
+                return Err(DomainError::StateInUse {
+                    kind: kind.to_string(),
+                    state,
+                }
+                .into());
             }
         }
         let stored = StoredMachine {
@@ -42,14 +52,20 @@ impl Coordinator {
         };
         tx.put_machine(&ns, &stored).await?;
         tx.commit().await?;
-        Ok(DefineOutcome { machine: stored, changed: true })
+        Ok(DefineOutcome {
+            machine: stored,
+            changed: true,
+        })
     }
 
     /// GetMachine.
     pub async fn get_machine(&self, ns: Namespace, kind: Name) -> Result<StoredMachine> {
-        self.store
-            .machine(&ns, &kind)
-            .await?
-            .ok_or_else(|| DomainError::NotFound { what: "machine", name: kind.to_string() }.into())
+        self.store.machine(&ns, &kind).await?.ok_or_else(|| {
+            DomainError::NotFound {
+                what: "machine",
+                name: kind.to_string(),
+            }
+            .into()
+        })
     }
 }

@@ -35,7 +35,10 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        Self { heartbeat: Duration::from_secs(15), request_retention: Duration::from_secs(24 * 3600) }
+        Self {
+            heartbeat: Duration::from_secs(15),
+            request_retention: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -53,7 +56,12 @@ impl Coordinator {
     /// Wires a coordinator over a store and starts its hub.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> Self {
         let hub = Hub::start(store.changes());
-        Self { store, hub, config, shutdown }
+        Self {
+            store,
+            hub,
+            config,
+            shutdown,
+        }
     }
 
     /// The store.
@@ -72,7 +80,9 @@ impl Coordinator {
             return Ok(0);
         }
         let now = self.store.now().await?;
-        let cutoff = crate::domain::time::Timestamp(now.0 - i64::try_from(self.config.request_retention.as_micros()).unwrap_or(i64::MAX));
+        let cutoff = crate::domain::time::Timestamp(
+            now.0 - i64::try_from(self.config.request_retention.as_micros()).unwrap_or(i64::MAX),
+        );
         Ok(self.store.purge_requests(cutoff).await?)
     }
 }

@@ -5,7 +5,7 @@
 
 use super::entities::{entity_lock, publish_tape};
 use super::hub::TapeSignal;
-use super::idempotency::{remember, replay};
+use super::idempotency::{call_id, remember, replay};
 use super::leases::check_fence;
 use super::{Coordinator, Error, Result};
 use crate::domain::DomainError;
@@ -62,7 +62,11 @@ impl Coordinator {
     /// AppendEvents: gapless seqs after the head; nothing after `final`, ever (I7).
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, id = %cmd.entity_id, n = cmd.events.len()))]
     pub async fn append_events(&self, cmd: AppendCmd) -> Result<AppendOutcome> {
-        let call = format!("AppendEvents {}", cmd.entity_id);
+        let call = call_id(
+            "AppendEvents",
+            cmd.entity_id.as_str(),
+            &(&cmd.events, &cmd.fence, cmd.if_sealed),
+        );
         let mut tx = self.store.begin(entity_lock(&cmd.ns, &cmd.entity_id)).await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
             return Ok(out);
@@ -70,18 +74,35 @@ impl Coordinator {
         let entity = tx
             .entity(&cmd.ns, &cmd.entity_id)
             .await?
-            .ok_or_else(|| DomainError::NotFound { what: "entity", name: cmd.entity_id.to_string() })?;
+            .ok_or_else(|| DomainError::NotFound {
+                what: "entity",
+                name: cmd.entity_id.to_string(),
+            })?;
         check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
         let now = tx.now();
         let events = match tape::plan_append(entity.last_seq, entity.final_seq, &cmd.events, cmd.if_sealed, now)? {
-            Err(final_seq) => return Ok(AppendOutcome { seqs: vec![], dropped: true, final_seq: Some(final_seq) }),
+            Err(final_seq) => {
+                return Ok(AppendOutcome {
+                    seqs: vec![],
+                    dropped: true,
+                    final_seq: Some(final_seq),
+                });
+            }
             Ok(events) => events,
         };
         let head = events.last().map_or(entity.last_seq, |e| e.seq);
-        let after = Entity { last_seq: head, last_activity_at: now, ..entity };
+        let after = Entity {
+            last_seq: head,
+            last_activity_at: now,
+            ..entity
+        };
         tx.update_entity(&cmd.ns, &after).await?;
         tx.insert_events(&cmd.ns, &after.id, &events).await?;
-        let out = AppendOutcome { seqs: events.iter().map(|e| e.seq).collect(), dropped: false, final_seq: None };
+        let out = AppendOutcome {
+            seqs: events.iter().map(|e| e.seq).collect(),
+            dropped: false,
+            final_seq: None,
+        };
         publish_tape(&mut *tx, &cmd.ns, &after.id, events).await?;
         remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
         tx.commit().await?;
@@ -90,10 +111,31 @@ impl Coordinator {
 
     /// StreamEvents: checks the entity exists, then feeds a channel from a spawned
     /// subscriber. The channel closes after `final` (OK), or carries one error last.
-    pub async fn stream_events(&self, ns: Namespace, id: EntityId, after_seq: u64) -> Result<mpsc::Receiver<Result<StreamItem>>> {
+    pub async fn stream_events(
+        &self,
+        ns: Namespace,
+        id: EntityId,
+        after_seq: u64,
+    ) -> Result<mpsc::Receiver<Result<StreamItem>>> {
         // Subscribe before the first read: nothing committed after it can be missed.
         let sub = self.hub.subscribe_tape(&ns, &id);
-        let entity = self.store.entity(&ns, &id).await?.ok_or_else(|| DomainError::NotFound { what: "entity", name: id.to_string() })?;
+        let entity = self
+            .store
+            .entity(&ns, &id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound {
+                what: "entity",
+                name: id.to_string(),
+            })?;
+        if after_seq > entity.last_seq {
+            // Seqs are read from committed rows, so a cursor past the head was never
+            // delivered by any replica of this database: a client bug, not a wait.
+            return Err(DomainError::invalid(
+                "after_seq",
+                format!("{after_seq} is past the tape's head {}", entity.last_seq),
+            )
+            .into());
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();
         tokio::spawn(async move {
@@ -120,7 +162,10 @@ impl Coordinator {
         out: &mpsc::Sender<Result<StreamItem>>,
     ) -> Result<()> {
         let mut shutdown = self.shutdown.clone();
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + self.config.heartbeat, self.config.heartbeat);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.heartbeat,
+            self.config.heartbeat,
+        );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Send one event; Ok(true) once `final` went out (the stream is complete).
         let send = |ev: Arc<StoredEvent>, cursor: &mut u64| {
@@ -128,7 +173,12 @@ impl Coordinator {
             let seq = ev.seq;
             let is_final = ev.is_final();
             *cursor = seq;
-            async move { out.send(Ok(StreamItem::Event(ev))).await.map(|()| is_final).map_err(|_| ()) }
+            async move {
+                out.send(Ok(StreamItem::Event(ev)))
+                    .await
+                    .map(|()| is_final)
+                    .map_err(|_| ())
+            }
         };
         'catch_up: loop {
             // Replay from the table until we hold everything stored.

@@ -59,7 +59,12 @@ pub struct ListQuery {
 pub enum Change {
     /// A tape grew to `head`. `events` holds the new events when they were small enough to
     /// travel with the notification; otherwise it is empty and readers go to the table.
-    Tape { ns: Namespace, entity_id: EntityId, head: u64, events: Vec<Arc<StoredEvent>> },
+    Tape {
+        ns: Namespace,
+        entity_id: EntityId,
+        head: u64,
+        events: Vec<Arc<StoredEvent>>,
+    },
     /// A key's lease was released (waiters may now acquire).
     LeaseFreed { ns: Namespace, key: LeaseKey },
     /// Notifications may have been missed (lost connection, lagging hub): everyone re-reads.

@@ -76,12 +76,17 @@ impl PgStore {
             .bind(self.clock.skew_micros())
             .fetch_one(&mut *tx)
             .await?;
-        Ok(PgTx { tx, now: Timestamp(now) })
+        Ok(PgTx {
+            tx,
+            now: Timestamp(now),
+        })
     }
 
     async fn now_impl(&self) -> Result<Timestamp> {
-        let (now,): (i64,) =
-            sqlx::query_as("SELECT baton_now_us($1)").bind(self.clock.skew_micros()).fetch_one(&self.read_pool).await?;
+        let (now,): (i64,) = sqlx::query_as("SELECT baton_now_us($1)")
+            .bind(self.clock.skew_micros())
+            .fetch_one(&self.read_pool)
+            .await?;
         Ok(Timestamp(now))
     }
 
@@ -94,8 +99,10 @@ impl PgStore {
             *slot = None;
         }
         let mut conn = self.options.connect().await?;
-        let (won,): (bool,) =
-            sqlx::query_as("SELECT pg_try_advisory_lock($1)").bind(HOUSEKEEPER_LOCK).fetch_one(&mut conn).await?;
+        let (won,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(HOUSEKEEPER_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
         if won {
             *slot = Some(conn);
         }
@@ -111,7 +118,9 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, Postgres, Backend::Postgres, |n| format!("(fields::jsonb ->> ${n}) IS NOT NULL"));
+impl_store!(PgStore, Postgres, Backend::Postgres, |n| format!(
+    "(fields::jsonb ->> ${n}) IS NOT NULL"
+));
 
 /// A Postgres write transaction.
 pub struct PgTx {
@@ -121,20 +130,33 @@ pub struct PgTx {
 
 impl PgTx {
     async fn lock_shared_impl(&mut self, lock_key: i64) -> Result<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(lock_key).execute(&mut *self.tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(lock_key)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
     async fn publish_impl(&mut self, change: Change) -> Result<()> {
         let (channel, payload) = match &change {
-            Change::Tape { ns, entity_id, head, events } => (TAPE_CHANNEL, encode_tape(ns, entity_id, *head, events)),
-            Change::LeaseFreed { ns, key } => {
-                (LEASE_CHANNEL, serde_json::json!({ "ns": ns.as_str(), "key": key.as_str() }).to_string())
-            }
+            Change::Tape {
+                ns,
+                entity_id,
+                head,
+                events,
+            } => (TAPE_CHANNEL, encode_tape(ns, entity_id, *head, events)),
+            Change::LeaseFreed { ns, key } => (
+                LEASE_CHANNEL,
+                serde_json::json!({ "ns": ns.as_str(), "key": key.as_str() }).to_string(),
+            ),
             Change::Resync => return Ok(()),
         };
         // Delivered by Postgres at commit, in commit order, to every listening replica.
-        sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&mut *self.tx).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(payload)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
@@ -207,20 +229,19 @@ fn decode(channel: &str, payload: &str) -> Option<Change> {
     match channel {
         TAPE_CHANNEL => {
             let w: WireTape = serde_json::from_str(payload).ok()?;
-            let events = w
-                .ev
-                .into_iter()
-                .map(|e| {
-                    Some(Arc::new(StoredEvent {
-                        seq: e.seq,
-                        event_type: e.t,
-                        payload: b64.decode(e.p).ok()?,
-                        content_type: e.ct,
-                        state: e.st,
-                        created_at: Timestamp(e.at),
-                    }))
-                })
-                .collect::<Option<Vec<_>>>()?;
+            let events =
+                w.ev.into_iter()
+                    .map(|e| {
+                        Some(Arc::new(StoredEvent {
+                            seq: e.seq,
+                            event_type: e.t,
+                            payload: b64.decode(e.p).ok()?,
+                            content_type: e.ct,
+                            state: e.st,
+                            created_at: Timestamp(e.at),
+                        }))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
             Some(Change::Tape {
                 ns: Namespace::parse("ns", w.ns).ok()?,
                 entity_id: EntityId::parse("id", w.id).ok()?,
@@ -230,7 +251,10 @@ fn decode(channel: &str, payload: &str) -> Option<Change> {
         }
         LEASE_CHANNEL => {
             let w: WireLease = serde_json::from_str(payload).ok()?;
-            Some(Change::LeaseFreed { ns: Namespace::parse("ns", w.ns).ok()?, key: LeaseKey::parse("key", w.key).ok()? })
+            Some(Change::LeaseFreed {
+                ns: Namespace::parse("ns", w.ns).ok()?,
+                key: LeaseKey::parse("key", w.key).ok()?,
+            })
         }
         _ => None,
     }

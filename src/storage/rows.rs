@@ -32,9 +32,20 @@ pub const UPSERT_MACHINE: &str = "INSERT INTO machines (namespace, kind, version
      ON CONFLICT (namespace, kind) DO UPDATE SET version = excluded.version, spec = excluded.spec, \
      defined_at_us = excluded.defined_at_us";
 
-pub const ENTITY_COLS: &str =
-    "id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us, last_activity_at_us, last_seq, final_seq";
-pub type EntityTuple = (String, String, String, i64, String, Option<String>, i64, i64, i64, i64, Option<i64>);
+pub const ENTITY_COLS: &str = "id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us, last_activity_at_us, last_seq, final_seq";
+pub type EntityTuple = (
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+);
 pub const SELECT_ENTITY: &str = "SELECT id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us, \
      last_activity_at_us, last_seq, final_seq FROM entities WHERE namespace = $1 AND id = $2";
 pub const SELECT_ENTITY_BY_DEDUP: &str = "SELECT id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us, \
@@ -67,7 +78,10 @@ pub fn lease_row((key, token, holder, acquired, expires): LeaseTuple) -> Result<
     Ok(LeaseRow {
         key: LeaseKey::parse("key", key).map_err(|e| corrupt("lease", e))?,
         token: FencingToken(to_u64(token)),
-        holder: holder.map(|h| Holder::parse("holder", h)).transpose().map_err(|e| corrupt("lease", e))?,
+        holder: holder
+            .map(|h| Holder::parse("holder", h))
+            .transpose()
+            .map_err(|e| corrupt("lease", e))?,
         acquired_at: Timestamp(acquired),
         expires_at: Timestamp(expires),
     })
@@ -76,7 +90,11 @@ pub fn lease_row((key, token, holder, acquired, expires): LeaseTuple) -> Result<
 pub fn machine((version, spec, defined_at): MachineTuple) -> Result<StoredMachine> {
     let spec: MachineSpec = serde_json::from_str(&spec).map_err(|e| corrupt("machine", e))?;
     let machine = Machine::parse(spec).map_err(|e| corrupt("machine", e))?;
-    Ok(StoredMachine { machine: Arc::new(machine), version: to_u64(version), defined_at: Timestamp(defined_at) })
+    Ok(StoredMachine {
+        machine: Arc::new(machine),
+        version: to_u64(version),
+        defined_at: Timestamp(defined_at),
+    })
 }
 
 pub fn machine_json(m: &StoredMachine) -> Result<String> {
@@ -92,7 +110,10 @@ pub fn entity(t: EntityTuple) -> Result<Entity> {
         state,
         version: to_u64(version),
         fields,
-        dedup_key: dedup.map(|d| DedupKey::parse("dedup_key", d)).transpose().map_err(|e| corrupt("entity", e))?,
+        dedup_key: dedup
+            .map(|d| DedupKey::parse("dedup_key", d))
+            .transpose()
+            .map_err(|e| corrupt("entity", e))?,
         created_at: Timestamp(created),
         updated_at: Timestamp(updated),
         last_activity_at: Timestamp(activity),
@@ -107,7 +128,14 @@ pub fn fields_json(f: &Fields) -> String {
 }
 
 pub fn event((seq, event_type, content_type, payload, state, created): EventTuple) -> StoredEvent {
-    StoredEvent { seq: to_u64(seq), event_type, payload, content_type, state, created_at: Timestamp(created) }
+    StoredEvent {
+        seq: to_u64(seq),
+        event_type,
+        payload,
+        content_type,
+        state,
+        created_at: Timestamp(created),
+    }
 }
 
 /// Builds the ListEntities statement. `presence(i)` renders "field number i is present"
@@ -116,7 +144,14 @@ pub fn list_sql(q: &super::ListQuery, presence: impl Fn(usize) -> String) -> Str
     let mut sql = format!("SELECT {ENTITY_COLS} FROM entities WHERE namespace = $1 AND kind = $2");
     let mut n = 2;
     if !q.states.is_empty() {
-        let marks: Vec<String> = q.states.iter().map(|_| { n += 1; format!("${n}") }).collect();
+        let marks: Vec<String> = q
+            .states
+            .iter()
+            .map(|_| {
+                n += 1;
+                format!("${n}")
+            })
+            .collect();
         sql += &format!(" AND state IN ({})", marks.join(", "));
     }
     for _ in &q.has_fields {
@@ -151,7 +186,11 @@ macro_rules! impl_write_tx {
                 self.lock_shared_impl(lock_key).await
             }
 
-            async fn request(&mut self, ns: &Namespace, rid: &RequestId) -> $crate::storage::Result<Option<(String, String)>> {
+            async fn request(
+                &mut self,
+                ns: &Namespace,
+                rid: &RequestId,
+            ) -> $crate::storage::Result<Option<(String, String)>> {
                 Ok(sqlx::query_as::<$db, (String, String)>(rows::SELECT_REQUEST)
                     .bind(ns.as_str())
                     .bind(rid.as_str())
@@ -159,7 +198,13 @@ macro_rules! impl_write_tx {
                     .await?)
             }
 
-            async fn put_request(&mut self, ns: &Namespace, rid: &RequestId, method: &str, outcome: &str) -> $crate::storage::Result<()> {
+            async fn put_request(
+                &mut self,
+                ns: &Namespace,
+                rid: &RequestId,
+                method: &str,
+                outcome: &str,
+            ) -> $crate::storage::Result<()> {
                 sqlx::query::<$db>(rows::INSERT_REQUEST)
                     .bind(ns.as_str())
                     .bind(rid.as_str())
@@ -171,8 +216,17 @@ macro_rules! impl_write_tx {
                 Ok(())
             }
 
-            async fn lease_row(&mut self, ns: &Namespace, key: &LeaseKey, share: bool) -> $crate::storage::Result<Option<LeaseRow>> {
-                let sql = if share { $lease_share_sql } else { rows::SELECT_LEASE };
+            async fn lease_row(
+                &mut self,
+                ns: &Namespace,
+                key: &LeaseKey,
+                share: bool,
+            ) -> $crate::storage::Result<Option<LeaseRow>> {
+                let sql = if share {
+                    $lease_share_sql
+                } else {
+                    rows::SELECT_LEASE
+                };
                 sqlx::query_as::<$db, rows::LeaseTuple>(sql)
                     .bind(ns.as_str())
                     .bind(key.as_str())
@@ -196,7 +250,11 @@ macro_rules! impl_write_tx {
             }
 
             async fn end_lease(&mut self, ns: &Namespace, key: &LeaseKey) -> $crate::storage::Result<()> {
-                sqlx::query::<$db>(rows::END_LEASE).bind(ns.as_str()).bind(key.as_str()).execute(&mut *self.tx).await?;
+                sqlx::query::<$db>(rows::END_LEASE)
+                    .bind(ns.as_str())
+                    .bind(key.as_str())
+                    .execute(&mut *self.tx)
+                    .await?;
                 Ok(())
             }
 
@@ -222,7 +280,12 @@ macro_rules! impl_write_tx {
                 Ok(())
             }
 
-            async fn state_in_use(&mut self, ns: &Namespace, kind: &Name, states: &[&str]) -> $crate::storage::Result<Option<String>> {
+            async fn state_in_use(
+                &mut self,
+                ns: &Namespace,
+                kind: &Name,
+                states: &[&str],
+            ) -> $crate::storage::Result<Option<String>> {
                 for state in states {
                     let found = sqlx::query_as::<$db, (String,)>(rows::STATE_IN_USE)
                         .bind(ns.as_str())
@@ -247,7 +310,12 @@ macro_rules! impl_write_tx {
                     .transpose()
             }
 
-            async fn entity_by_dedup(&mut self, ns: &Namespace, kind: &Name, dedup: &DedupKey) -> $crate::storage::Result<Option<Entity>> {
+            async fn entity_by_dedup(
+                &mut self,
+                ns: &Namespace,
+                kind: &Name,
+                dedup: &DedupKey,
+            ) -> $crate::storage::Result<Option<Entity>> {
                 sqlx::query_as::<$db, rows::EntityTuple>(rows::SELECT_ENTITY_BY_DEDUP)
                     .bind(ns.as_str())
                     .bind(kind.as_str())
@@ -276,9 +344,12 @@ macro_rules! impl_write_tx {
                     .await;
                 match res {
                     Ok(_) => Ok(()),
-                    Err(err) if StoreError::is_unique_violation(&err) => Err(StoreError::Rejected(
-                        $crate::domain::DomainError::AlreadyExists { what: "entity", name: e.id.to_string() },
-                    )),
+                    Err(err) if StoreError::is_unique_violation(&err) => {
+                        Err(StoreError::Rejected($crate::domain::DomainError::AlreadyExists {
+                            what: "entity",
+                            name: e.id.to_string(),
+                        }))
+                    }
                     Err(err) => Err(err.into()),
                 }
             }
@@ -299,7 +370,12 @@ macro_rules! impl_write_tx {
                 Ok(())
             }
 
-            async fn insert_events(&mut self, ns: &Namespace, id: &EntityId, events: &[StoredEvent]) -> $crate::storage::Result<()> {
+            async fn insert_events(
+                &mut self,
+                ns: &Namespace,
+                id: &EntityId,
+                events: &[StoredEvent],
+            ) -> $crate::storage::Result<()> {
                 if events.is_empty() {
                     return Ok(());
                 }
@@ -400,10 +476,22 @@ macro_rules! impl_store {
                 if let Some(after) = &q.after_id {
                     query = query.bind(after.as_str());
                 }
-                query.bind(i64::from(q.limit)).fetch_all(&self.read_pool).await?.into_iter().map(rows::entity).collect()
+                query
+                    .bind(i64::from(q.limit))
+                    .fetch_all(&self.read_pool)
+                    .await?
+                    .into_iter()
+                    .map(rows::entity)
+                    .collect()
             }
 
-            async fn events(&self, ns: &Namespace, id: &EntityId, after: u64, limit: u32) -> $crate::storage::Result<Vec<StoredEvent>> {
+            async fn events(
+                &self,
+                ns: &Namespace,
+                id: &EntityId,
+                after: u64,
+                limit: u32,
+            ) -> $crate::storage::Result<Vec<StoredEvent>> {
                 Ok(sqlx::query_as::<$db, rows::EventTuple>(rows::SELECT_EVENTS)
                     .bind(ns.as_str())
                     .bind(id.as_str())
@@ -417,7 +505,10 @@ macro_rules! impl_store {
             }
 
             async fn purge_requests(&self, before: Timestamp) -> $crate::storage::Result<u64> {
-                let done = sqlx::query::<$db>(rows::PURGE_REQUESTS).bind(before.0).execute(&self.write_pool).await?;
+                let done = sqlx::query::<$db>(rows::PURGE_REQUESTS)
+                    .bind(before.0)
+                    .execute(&self.write_pool)
+                    .await?;
                 Ok(done.rows_affected())
             }
 

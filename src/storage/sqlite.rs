@@ -47,13 +47,23 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Config(format!("cannot open SQLite database {url:?}: {e}")))?;
         let (changes, _) = broadcast::channel(4096);
-        Ok(Self { write_pool, read_pool, clock, changes })
+        Ok(Self {
+            write_pool,
+            read_pool,
+            clock,
+            changes,
+        })
     }
 
     async fn begin_impl(&self, _lock_key: i64) -> Result<SqliteTx> {
         // The single write connection is the lock: every writer of every key waits here.
         let tx = self.write_pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(SqliteTx { tx, now: self.clock.now(), pending: Vec::new(), changes: self.changes.clone() })
+        Ok(SqliteTx {
+            tx,
+            now: self.clock.now(),
+            pending: Vec::new(),
+            changes: self.changes.clone(),
+        })
     }
 
     async fn now_impl(&self) -> Result<Timestamp> {
@@ -70,7 +80,9 @@ impl SqliteStore {
     }
 }
 
-impl_store!(SqliteStore, Sqlite, Backend::Sqlite, |n| format!("json_extract(fields, '$.' || ${n}) IS NOT NULL"));
+impl_store!(SqliteStore, Sqlite, Backend::Sqlite, |n| format!(
+    "json_extract(fields, '$.' || ${n}) IS NOT NULL"
+));
 
 /// A SQLite write transaction; its changes are announced after commit.
 pub struct SqliteTx {

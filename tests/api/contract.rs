@@ -53,7 +53,14 @@ fn entity(id: &str, dedup: Option<&str>, now: Timestamp) -> Entity {
 }
 
 fn event(seq: u64, t: &str, now: Timestamp) -> StoredEvent {
-    StoredEvent { seq, event_type: t.into(), payload: vec![seq as u8, 0, 255], content_type: "x/y".into(), state: None, created_at: now }
+    StoredEvent {
+        seq,
+        event_type: t.into(),
+        payload: vec![seq as u8, 0, 255],
+        content_type: "x/y".into(),
+        state: None,
+        created_at: now,
+    }
 }
 
 async fn lease_rows_keep_their_token_counter(backend: Backend) {
@@ -83,7 +90,12 @@ async fn dropped_transactions_roll_back(backend: Backend) {
         tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap();
     }
     assert_eq!(s.lease_row(&ns(), &key("gone")).await.unwrap(), None);
-    assert_eq!(s.entity(&ns(), &EntityId::parse("id", "e1".into()).unwrap()).await.unwrap(), None);
+    assert_eq!(
+        s.entity(&ns(), &EntityId::parse("id", "e1".into()).unwrap())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn entities_ids_and_dedup_keys_are_unique(backend: Backend) {
@@ -93,22 +105,42 @@ async fn entities_ids_and_dedup_keys_are_unique(backend: Backend) {
     let now = tx.now();
     tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
     let err = tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })),
+        "{err:?}"
+    );
     drop(tx);
     let mut tx = s.begin(1).await.unwrap();
     tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
-    let err = tx.insert_entity(&ns(), &entity("e2", Some("d"), now)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })), "dedup index: {err:?}");
+    let err = tx
+        .insert_entity(&ns(), &entity("e2", Some("d"), now))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })),
+        "dedup index: {err:?}"
+    );
     drop(tx);
     let mut tx = s.begin(1).await.unwrap();
     tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
     let kind = Name::parse("k", "task".into()).unwrap();
-    let found = tx.entity_by_dedup(&ns(), &kind, &DedupKey::parse("d", "d".into()).unwrap()).await.unwrap().unwrap();
+    let found = tx
+        .entity_by_dedup(&ns(), &kind, &DedupKey::parse("d", "d".into()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.id.as_str(), "e1");
     tx.commit().await.unwrap();
     let other = Namespace::parse("ns", "other".into()).unwrap();
-    assert_eq!(s.entity(&other, &found.id).await.unwrap(), None, "I12: namespaces are disjoint");
-    assert_eq!(s.entity(&ns(), &found.id).await.unwrap(), Some(entity("e1", Some("d"), now)));
+    assert_eq!(
+        s.entity(&other, &found.id).await.unwrap(),
+        None,
+        "I12: namespaces are disjoint"
+    );
+    assert_eq!(
+        s.entity(&ns(), &found.id).await.unwrap(),
+        Some(entity("e1", Some("d"), now))
+    );
 }
 
 async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
@@ -119,15 +151,28 @@ async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
     let mut tx = s.begin(1).await.unwrap();
     let now = tx.now();
     tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap();
-    let evs: Vec<_> = (1..=5).map(|i| event(i, if i == 5 { "final" } else { "p" }, now)).collect();
+    let evs: Vec<_> = (1..=5)
+        .map(|i| event(i, if i == 5 { "final" } else { "p" }, now))
+        .collect();
     tx.insert_events(&ns(), &id, &evs).await.unwrap();
-    tx.publish(Change::Tape { ns: ns(), entity_id: id.clone(), head: 5, events: evs.iter().cloned().map(Arc::new).collect() }).await.unwrap();
+    tx.publish(Change::Tape {
+        ns: ns(),
+        entity_id: id.clone(),
+        head: 5,
+        events: evs.iter().cloned().map(Arc::new).collect(),
+    })
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(s.events(&ns(), &id, 0, 100).await.unwrap(), evs);
     assert_eq!(s.events(&ns(), &id, 2, 2).await.unwrap(), evs[2..4].to_vec());
     // The change reaches subscribers after commit (NOTIFY or in-process).
     let got = loop {
-        match tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.expect("change announced").unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), changes.recv())
+            .await
+            .expect("change announced")
+            .unwrap()
+        {
             Change::Tape { head, events, .. } => break (head, events.len()),
             _ => continue,
         }
@@ -150,8 +195,14 @@ async fn request_outcomes_are_recorded_and_purged(backend: Backend) {
     tx.put_request(&ns(), &rid, "M", "{\"a\":1}").await.unwrap();
     tx.commit().await.unwrap();
     let mut tx = s.begin(1).await.unwrap();
-    assert_eq!(tx.request(&ns(), &rid).await.unwrap(), Some(("M".into(), "{\"a\":1}".into())));
-    assert!(tx.put_request(&ns(), &rid, "M", "{}").await.is_err(), "one outcome per request id");
+    assert_eq!(
+        tx.request(&ns(), &rid).await.unwrap(),
+        Some(("M".into(), "{\"a\":1}".into()))
+    );
+    assert!(
+        tx.put_request(&ns(), &rid, "M", "{}").await.is_err(),
+        "one outcome per request id"
+    );
     drop(tx);
     assert!(s.is_housekeeper().await.unwrap());
     clock.advance(Duration::from_secs(10));
@@ -162,11 +213,19 @@ async fn machines_and_listing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
-    let spec = parse_machines_toml(&text).unwrap().into_iter().find(|m| m.kind == "task").unwrap();
+    let spec = parse_machines_toml(&text)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.kind == "task")
+        .unwrap();
     let kind = Name::parse("k", "task".into()).unwrap();
     let mut tx = s.begin(1).await.unwrap();
     let now = tx.now();
-    let m = StoredMachine { machine: Arc::new(Machine::parse(spec).unwrap()), version: 1, defined_at: now };
+    let m = StoredMachine {
+        machine: Arc::new(Machine::parse(spec).unwrap()),
+        version: 1,
+        defined_at: now,
+    };
     tx.put_machine(&ns(), &m).await.unwrap();
     for (i, state) in ["pending", "running", "running"].iter().enumerate() {
         let mut e = entity(&format!("e{i}"), None, now);
@@ -176,25 +235,49 @@ async fn machines_and_listing(backend: Backend) {
         }
         tx.insert_entity(&ns(), &e).await.unwrap();
     }
-    assert_eq!(tx.state_in_use(&ns(), &kind, &["failed", "running"]).await.unwrap(), Some("running".into()));
+    assert_eq!(
+        tx.state_in_use(&ns(), &kind, &["failed", "running"]).await.unwrap(),
+        Some("running".into())
+    );
     assert_eq!(tx.state_in_use(&ns(), &kind, &["failed"]).await.unwrap(), None);
     tx.commit().await.unwrap();
     assert_eq!(s.machine(&ns(), &kind).await.unwrap(), Some(m));
     let q = |states: &[&str], has: &[&str], missing: &[&str], after: Option<&str>| ListQuery {
         ns: ns(),
         kind: kind.clone(),
-        states: states.iter().map(|s| Name::parse("s", s.to_string()).unwrap()).collect(),
+        states: states
+            .iter()
+            .map(|s| Name::parse("s", s.to_string()).unwrap())
+            .collect(),
         has_fields: has.iter().map(|s| Name::parse("s", s.to_string()).unwrap()).collect(),
-        missing_fields: missing.iter().map(|s| Name::parse("s", s.to_string()).unwrap()).collect(),
+        missing_fields: missing
+            .iter()
+            .map(|s| Name::parse("s", s.to_string()).unwrap())
+            .collect(),
         limit: 10,
         after_id: after.map(|a| EntityId::parse("a", a.into()).unwrap()),
     };
     let ids = |v: Vec<Entity>| v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>();
-    assert_eq!(ids(s.list_entities(&q(&[], &[], &[], None)).await.unwrap()), ["e0", "e1", "e2"]);
-    assert_eq!(ids(s.list_entities(&q(&["running"], &[], &[], None)).await.unwrap()), ["e1", "e2"]);
-    assert_eq!(ids(s.list_entities(&q(&["running"], &[], &["turn"], None)).await.unwrap()), ["e1"]);
-    assert_eq!(ids(s.list_entities(&q(&[], &["turn", "note"], &[], None)).await.unwrap()), ["e2"]);
-    assert_eq!(ids(s.list_entities(&q(&[], &[], &[], Some("e0"))).await.unwrap()), ["e1", "e2"]);
+    assert_eq!(
+        ids(s.list_entities(&q(&[], &[], &[], None)).await.unwrap()),
+        ["e0", "e1", "e2"]
+    );
+    assert_eq!(
+        ids(s.list_entities(&q(&["running"], &[], &[], None)).await.unwrap()),
+        ["e1", "e2"]
+    );
+    assert_eq!(
+        ids(s.list_entities(&q(&["running"], &[], &["turn"], None)).await.unwrap()),
+        ["e1"]
+    );
+    assert_eq!(
+        ids(s.list_entities(&q(&[], &["turn", "note"], &[], None)).await.unwrap()),
+        ["e2"]
+    );
+    assert_eq!(
+        ids(s.list_entities(&q(&[], &[], &[], Some("e0"))).await.unwrap()),
+        ["e1", "e2"]
+    );
 }
 
 async fn writers_of_one_key_serialize(backend: Backend) {
@@ -211,14 +294,19 @@ async fn writers_of_one_key_serialize(backend: Backend) {
             let row = tx.lease_row(&ns(), &key("ctr"), false).await.unwrap();
             let next = row.map_or(1, |r| r.token.0 + 1);
             let now = tx.now();
-            tx.put_lease(&ns(), &lease("ctr", &format!("h{i}"), next, now)).await.unwrap();
+            tx.put_lease(&ns(), &lease("ctr", &format!("h{i}"), next, now))
+                .await
+                .unwrap();
             tx.commit().await.unwrap();
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(s.lease_row(&ns(), &key("ctr")).await.unwrap().unwrap().token, FencingToken(16));
+    assert_eq!(
+        s.lease_row(&ns(), &key("ctr")).await.unwrap().unwrap().token,
+        FencingToken(16)
+    );
 }
 
 async fn clock_skew_is_store_time(backend: Backend) {

@@ -7,8 +7,19 @@ use std::collections::HashSet;
 use std::time::Duration;
 use tonic::Code;
 
-async fn get(c: &mut proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>, id: &str) -> proto::Entity {
-    c.get_entity(proto::GetEntityRequest { namespace: NS.into(), id: id.into() }).await.unwrap().into_inner().entity.unwrap()
+async fn get(
+    c: &mut proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    id: &str,
+) -> proto::Entity {
+    c.get_entity(proto::GetEntityRequest {
+        namespace: NS.into(),
+        id: id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .entity
+    .unwrap()
 }
 
 /// Runs `n` concurrent copies of a transition, each on its own connection; returns the
@@ -18,7 +29,9 @@ async fn race(app: &TestApp, n: usize, req: proto::TransitionRequest) -> (usize,
     for _ in 0..n {
         let mut c = app.client().await;
         let req = req.clone();
-        tasks.push(tokio::spawn(async move { c.transition(req).await.map(|r| r.into_inner()) }));
+        tasks.push(tokio::spawn(
+            async move { c.transition(req).await.map(|r| r.into_inner()) },
+        ));
     }
     let (mut applied, mut errors) = (0, vec![]);
     for t in tasks {
@@ -53,13 +66,24 @@ async fn s2_resume_races_and_idempotent_cancel(backend: Backend) {
             transition(&mut c, id, t).await;
         }
     }
-    for (id, resumable) in [("failed", true), ("paused", true), ("stale", true), ("fresh", false), ("completed", false), ("cancelled", false)] {
+    for (id, resumable) in [
+        ("failed", true),
+        ("paused", true),
+        ("stale", true),
+        ("fresh", false),
+        ("completed", false),
+        ("cancelled", false),
+    ] {
         let before = get(&mut c, id).await;
         let (applied, errors) = race(&app, 32, tr(id, "resume")).await;
         assert_eq!(applied, usize::from(resumable), "{id}");
         assert_eq!(errors.len(), 32 - applied, "{id}");
         for s in &errors {
-            assert_eq!((s.code(), reason(s).as_str()), (Code::FailedPrecondition, "INVALID_TRANSITION"), "{id}: {s:?}");
+            assert_eq!(
+                (s.code(), reason(s).as_str()),
+                (Code::FailedPrecondition, "INVALID_TRANSITION"),
+                "{id}: {s:?}"
+            );
             let expected_state = if resumable { "running" } else { before.state.as_str() };
             assert_eq!(meta(s, "current_state").as_deref(), Some(expected_state), "{id}");
             assert!(meta(s, "version").is_some());
@@ -74,7 +98,11 @@ async fn s2_resume_races_and_idempotent_cancel(backend: Backend) {
         assert!(!ok.applied);
         assert!(ok.seqs.is_empty());
         let after = get(&mut c, id).await;
-        assert_eq!((after.version, after.updated_at, after.last_seq), (before.version, before.updated_at, before.last_seq), "{id}");
+        assert_eq!(
+            (after.version, after.updated_at, after.last_seq),
+            (before.version, before.updated_at, before.last_seq),
+            "{id}"
+        );
     }
 }
 
@@ -87,10 +115,21 @@ async fn s3_active_turn_is_cleared_atomically(backend: Backend) {
         set_fields: [("active_turn_id".to_string(), format!("turn-{id}"))].into(),
         ..tr(id, "start_turn")
     };
-    for (id, last) in [("s-ready", "finish_turn"), ("s-int", "interrupt"), ("s-stop", "stop"), ("s-err", "fail"), ("s-run", ""), ("s-start", "")] {
+    for (id, last) in [
+        ("s-ready", "finish_turn"),
+        ("s-int", "interrupt"),
+        ("s-stop", "stop"),
+        ("s-err", "fail"),
+        ("s-run", ""),
+        ("s-start", ""),
+    ] {
         create(&mut c, "agent_session", id).await;
         let started = c.transition(set_turn(id)).await.unwrap().into_inner().entity.unwrap();
-        assert_eq!(started.fields.get("active_turn_id").map(String::as_str), Some(format!("turn-{id}").as_str()), "kept in starting");
+        assert_eq!(
+            started.fields.get("active_turn_id").map(String::as_str),
+            Some(format!("turn-{id}").as_str()),
+            "kept in starting"
+        );
         if id == "s-start" {
             continue;
         }
@@ -98,13 +137,22 @@ async fn s3_active_turn_is_cleared_atomically(backend: Backend) {
         assert!(running.fields.contains_key("active_turn_id"), "kept in running");
         if !last.is_empty() {
             let settled = transition(&mut c, id, last).await.entity.unwrap();
-            assert!(!settled.fields.contains_key("active_turn_id"), "{id}: cleared on {last}");
-            assert!(!get(&mut c, id).await.fields.contains_key("active_turn_id"), "{id}: cleared in storage");
+            assert!(
+                !settled.fields.contains_key("active_turn_id"),
+                "{id}: cleared on {last}"
+            );
+            assert!(
+                !get(&mut c, id).await.fields.contains_key("active_turn_id"),
+                "{id}: cleared in storage"
+            );
         }
     }
     // Setting a turn where it is not allowed is refused, naming the field.
     let bad = c
-        .transition(proto::TransitionRequest { set_fields: [("active_turn_id".to_string(), "t".to_string())].into(), ..tr("s-run", "finish_turn") })
+        .transition(proto::TransitionRequest {
+            set_fields: [("active_turn_id".to_string(), "t".to_string())].into(),
+            ..tr("s-run", "finish_turn")
+        })
         .await;
     let s = expect_err(bad, Code::InvalidArgument, "FIELD_NOT_ALLOWED");
     assert_eq!(meta(&s, "field").as_deref(), Some("active_turn_id"));
@@ -131,7 +179,10 @@ async fn s3_active_turn_is_cleared_atomically(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(busy.entities.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["s-run"]);
+    assert_eq!(
+        busy.entities.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["s-run"]
+    );
 }
 
 /// S5 / I9: 64 concurrent creates with one dedup key make one entity; exactly one caller
@@ -163,7 +214,15 @@ async fn s5_sixty_four_triggers_one_review(backend: Backend) {
     }
     assert_eq!((created, ids.len()), (1, 1));
     let mut c = app.client().await;
-    let all = c.list_entities(proto::ListEntitiesRequest { namespace: NS.into(), kind: "review_run".into(), ..Default::default() }).await.unwrap().into_inner();
+    let all = c
+        .list_entities(proto::ListEntitiesRequest {
+            namespace: NS.into(),
+            kind: "review_run".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.entities.len(), 1);
 }
 
@@ -174,11 +233,23 @@ async fn i4_version_cas_one_winner(backend: Backend) {
     let mut c = app.client().await;
     create(&mut c, "workflow_run", "cas").await;
     transition(&mut c, "cas", "start").await;
-    let (applied, errors) = race(&app, 32, proto::TransitionRequest { expect_version: Some(2), ..tr("cas", "pause") }).await;
+    let (applied, errors) = race(
+        &app,
+        32,
+        proto::TransitionRequest {
+            expect_version: Some(2),
+            ..tr("cas", "pause")
+        },
+    )
+    .await;
     assert_eq!(applied, 1);
     assert_eq!(errors.len(), 31);
     for s in &errors {
-        assert_eq!((s.code(), reason(s).as_str()), (Code::Aborted, "VERSION_MISMATCH"), "{s:?}");
+        assert_eq!(
+            (s.code(), reason(s).as_str()),
+            (Code::Aborted, "VERSION_MISMATCH"),
+            "{s:?}"
+        );
         assert_eq!(meta(s, "version").as_deref(), Some("3"));
         assert_eq!(meta(s, "current_state").as_deref(), Some("paused"));
     }
@@ -189,16 +260,49 @@ async fn i10_transition_retry_applies_once(backend: Backend) {
     let (_db, app) = spawn_app(backend).await;
     let mut c = app.client().await;
     create(&mut c, "task", "t").await;
-    let req = proto::TransitionRequest { request_id: "start-t-1".into(), events: vec![ev("note", "hi")], ..tr("t", "start") };
+    let req = proto::TransitionRequest {
+        request_id: "start-t-1".into(),
+        events: vec![ev("note", "hi")],
+        ..tr("t", "start")
+    };
     let first = c.transition(req.clone()).await.unwrap().into_inner();
     let (applied, errors) = race(&app, 8, req).await;
-    assert_eq!((applied, errors.len()), (8, 0), "retries all see the first (applied) outcome");
-    let again = c.transition(proto::TransitionRequest { request_id: "start-t-1".into(), events: vec![ev("note", "hi")], ..tr("t", "start") }).await.unwrap().into_inner();
+    assert_eq!(
+        (applied, errors.len()),
+        (8, 0),
+        "retries all see the first (applied) outcome"
+    );
+    let again = c
+        .transition(proto::TransitionRequest {
+            request_id: "start-t-1".into(),
+            events: vec![ev("note", "hi")],
+            ..tr("t", "start")
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(again.seqs, first.seqs);
     let e = get(&mut c, "t").await;
-    assert_eq!((e.version, e.last_seq), (2, 2), "applied once: one state change, one note");
+    assert_eq!(
+        (e.version, e.last_seq),
+        (2, 2),
+        "applied once: one state change, one note"
+    );
+    let other_body = c
+        .transition(proto::TransitionRequest {
+            request_id: "start-t-1".into(),
+            events: vec![ev("note", "bye")],
+            ..tr("t", "start")
+        })
+        .await;
+    expect_err(other_body, Code::InvalidArgument, "REQUEST_ID_REUSED");
     // Created with a request id and no id: the retry returns the same entity.
-    let cr = proto::CreateEntityRequest { namespace: NS.into(), kind: "task".into(), request_id: "mk-1".into(), ..Default::default() };
+    let cr = proto::CreateEntityRequest {
+        namespace: NS.into(),
+        kind: "task".into(),
+        request_id: "mk-1".into(),
+        ..Default::default()
+    };
     let a = c.create_entity(cr.clone()).await.unwrap().into_inner();
     let b = c.create_entity(cr).await.unwrap().into_inner();
     assert!(a.created && b.created);
@@ -209,20 +313,40 @@ async fn i10_transition_retry_applies_once(backend: Backend) {
 async fn machine_rules_are_validated(backend: Backend) {
     let (_db, app) = spawn_app(backend).await;
     let mut c = app.client().await;
-    let mut spec = c.get_machine(proto::GetMachineRequest { namespace: NS.into(), kind: "task".into() }).await.unwrap().into_inner().machine.unwrap();
+    let mut spec = c
+        .get_machine(proto::GetMachineRequest {
+            namespace: NS.into(),
+            kind: "task".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .machine
+        .unwrap();
     assert_eq!(spec.version, 1);
     let mut s = spec.spec.take().unwrap();
-    let define = |s: proto::MachineSpec| proto::DefineMachineRequest { namespace: NS.into(), spec: Some(s) };
+    let define = |s: proto::MachineSpec| proto::DefineMachineRequest {
+        namespace: NS.into(),
+        spec: Some(s),
+    };
     // Same spec again: unchanged.
     let same = c.define_machine(define(s.clone())).await.unwrap().into_inner();
     assert!(!same.changed);
     let mut bad = s.clone();
     bad.transitions[0].from = vec!["nowhere".into()];
-    let e = expect_err(c.define_machine(define(bad)).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let e = expect_err(
+        c.define_machine(define(bad)).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
     assert_eq!(meta(&e, "field").as_deref(), Some("spec.transitions[0].from[0]"));
     let mut bad = s.clone();
     bad.terminal_states.clear();
-    let e = expect_err(c.define_machine(define(bad)).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let e = expect_err(
+        c.define_machine(define(bad)).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
     assert_eq!(meta(&e, "field").as_deref(), Some("spec.terminal_states"));
     // Remove `failed` while no task is in it: allowed. Then try to remove `running` while one is.
     create(&mut c, "task", "busy").await;
@@ -240,22 +364,50 @@ async fn machine_rules_are_validated(backend: Backend) {
         states: vec!["pending".into(), "succeeded".into(), "cancelled".into()],
         initial_state: "pending".into(),
         terminal_states: vec!["succeeded".into(), "cancelled".into()],
-        transitions: vec![proto::TransitionSpec { name: "cancel".into(), from: vec!["pending".into()], to: "cancelled".into(), ..Default::default() }],
+        transitions: vec![proto::TransitionSpec {
+            name: "cancel".into(),
+            from: vec!["pending".into()],
+            to: "cancelled".into(),
+            ..Default::default()
+        }],
         field_rules: vec![],
     };
-    let e = expect_err(c.define_machine(define(drop_running)).await, Code::FailedPrecondition, "STATE_IN_USE");
+    let e = expect_err(
+        c.define_machine(define(drop_running)).await,
+        Code::FailedPrecondition,
+        "STATE_IN_USE",
+    );
     assert_eq!(meta(&e, "state").as_deref(), Some("running"));
     // Unknown kind, transition, entity.
     expect_err(
-        c.create_entity(proto::CreateEntityRequest { namespace: NS.into(), kind: "nope".into(), ..Default::default() }).await,
+        c.create_entity(proto::CreateEntityRequest {
+            namespace: NS.into(),
+            kind: "nope".into(),
+            ..Default::default()
+        })
+        .await,
         Code::NotFound,
         "MACHINE_NOT_FOUND",
     );
-    let e = expect_err(c.transition(tr("busy", "explode")).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let e = expect_err(
+        c.transition(tr("busy", "explode")).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
     assert_eq!(meta(&e, "field").as_deref(), Some("transition"));
-    expect_err(c.transition(tr("ghost", "start")).await, Code::NotFound, "ENTITY_NOT_FOUND");
     expect_err(
-        c.create_entity(proto::CreateEntityRequest { namespace: NS.into(), kind: "task".into(), id: "busy".into(), ..Default::default() }).await,
+        c.transition(tr("ghost", "start")).await,
+        Code::NotFound,
+        "ENTITY_NOT_FOUND",
+    );
+    expect_err(
+        c.create_entity(proto::CreateEntityRequest {
+            namespace: NS.into(),
+            kind: "task".into(),
+            id: "busy".into(),
+            ..Default::default()
+        })
+        .await,
         Code::AlreadyExists,
         "ENTITY_EXISTS",
     );
@@ -267,17 +419,29 @@ async fn i12_namespaces_are_disjoint(backend: Backend) {
     let mut c = app.client().await;
     create(&mut c, "task", "mine").await;
     expect_err(
-        c.get_entity(proto::GetEntityRequest { namespace: "other".into(), id: "mine".into() }).await,
+        c.get_entity(proto::GetEntityRequest {
+            namespace: "other".into(),
+            id: "mine".into(),
+        })
+        .await,
         Code::NotFound,
         "ENTITY_NOT_FOUND",
     );
     expect_err(
-        c.transition(proto::TransitionRequest { namespace: "other".into(), ..tr("mine", "start") }).await,
+        c.transition(proto::TransitionRequest {
+            namespace: "other".into(),
+            ..tr("mine", "start")
+        })
+        .await,
         Code::NotFound,
         "ENTITY_NOT_FOUND",
     );
     expect_err(
-        c.get_machine(proto::GetMachineRequest { namespace: "other".into(), kind: "task".into() }).await,
+        c.get_machine(proto::GetMachineRequest {
+            namespace: "other".into(),
+            kind: "task".into(),
+        })
+        .await,
         Code::NotFound,
         "MACHINE_NOT_FOUND",
     );
@@ -293,7 +457,13 @@ async fn list_pages_cover_everything_once(backend: Backend) {
     let (mut seen, mut token) = (vec![], String::new());
     loop {
         let page = c
-            .list_entities(proto::ListEntitiesRequest { namespace: NS.into(), kind: "task".into(), page_size: 10, page_token: token, ..Default::default() })
+            .list_entities(proto::ListEntitiesRequest {
+                namespace: NS.into(),
+                kind: "task".into(),
+                page_size: 10,
+                page_token: token,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -305,7 +475,13 @@ async fn list_pages_cover_everything_once(backend: Backend) {
     }
     assert_eq!(seen, (0..25).map(|i| format!("t{i:02}")).collect::<Vec<_>>());
     expect_err(
-        c.list_entities(proto::ListEntitiesRequest { namespace: NS.into(), kind: "task".into(), page_token: "!!".into(), ..Default::default() }).await,
+        c.list_entities(proto::ListEntitiesRequest {
+            namespace: NS.into(),
+            kind: "task".into(),
+            page_token: "!!".into(),
+            ..Default::default()
+        })
+        .await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
     );

@@ -51,7 +51,10 @@ fn init_logging() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt().with_env_filter("info,baton=debug").with_test_writer().try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info,baton=debug")
+                .with_test_writer()
+                .try_init();
         }
     });
 }
@@ -59,7 +62,6 @@ fn init_logging() {
 /// A fresh database, dropped (Postgres) or deleted (SQLite) when the test ends.
 pub struct TestDb {
     pub url: String,
-    backend: Backend,
     pg_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -71,7 +73,11 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite:{}", dir.path().join("baton.db").display());
-                Self { url, backend, pg_name: None, _dir: Some(dir) }
+                Self {
+                    url,
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
             }
             Backend::Postgres => {
                 let admin = postgres_admin_url();
@@ -84,15 +90,21 @@ impl TestDb {
                     )
                 });
                 let name = format!("baton_test_{}", uuid::Uuid::now_v7().simple());
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create test database");
-                let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
-                Self { url: format!("{base}/{name}"), backend, pg_name: Some(name), _dir: None }
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b.to_string())
+                    .unwrap_or(admin.clone());
+                Self {
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                    _dir: None,
+                }
             }
         }
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 }
 
@@ -101,10 +113,18 @@ impl Drop for TestDb {
         let Some(name) = self.pg_name.take() else { return };
         // Best effort, on a thread of its own: Drop cannot await.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.ok()?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await.ok()
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
             })
         })
         .join();
@@ -135,14 +155,22 @@ pub fn test_settings(url: &str) -> Settings {
 impl TestApp {
     /// Starts a server on `url` with these settings and clock.
     pub async fn start_with(settings: Settings, clock: Clock) -> Self {
-        let app = Application::build_with_clock(settings, clock.clone()).await.expect("server builds");
+        let app = Application::build_with_clock(settings, clock.clone())
+            .await
+            .expect("server builds");
         let addr = app.local_addr();
         let coordinator = app.coordinator().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        Self { addr, clock, coordinator, stop: Some(stop), task: Some(task) }
+        Self {
+            addr,
+            clock,
+            coordinator,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Starts a server on `db` with default test settings.
@@ -152,13 +180,12 @@ impl TestApp {
 
     /// A new client on its own HTTP/2 connection.
     pub async fn client(&self) -> CoordinatorClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect to test server");
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to test server");
         CoordinatorClient::new(channel)
-    }
-
-    /// A raw channel (health, reflection).
-    pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect to test server")
     }
 
     /// Graceful shutdown; returns what `run_until_stopped` returned.
@@ -202,14 +229,20 @@ pub async fn define_examples(app: &TestApp, ns: &str) {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
     let mut c = app.client().await;
     for spec in baton::domain::machine::parse_machines_toml(&text).unwrap() {
-        c.define_machine(proto::DefineMachineRequest { namespace: ns.into(), spec: Some(baton::grpc::convert::spec_to_proto(&spec)) })
-            .await
-            .expect("example machine is valid");
+        c.define_machine(proto::DefineMachineRequest {
+            namespace: ns.into(),
+            spec: Some(baton::grpc::convert::spec_to_proto(&spec)),
+        })
+        .await
+        .expect("example machine is valid");
     }
 }
 
 pub fn secs(s: u64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds: s as i64, nanos: 0 })
+    Some(prost_types::Duration {
+        seconds: s as i64,
+        nanos: 0,
+    })
 }
 
 /// The ErrorInfo reason of a status ("" when none).
@@ -231,7 +264,12 @@ pub fn expect_err<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, why: &st
 }
 
 /// Acquires a lease (wait 0), panicking on errors.
-pub async fn acquire(c: &mut CoordinatorClient<Channel>, key: &str, holder: &str, ttl: u64) -> proto::AcquireLeaseResponse {
+pub async fn acquire(
+    c: &mut CoordinatorClient<Channel>,
+    key: &str,
+    holder: &str,
+    ttl: u64,
+) -> proto::AcquireLeaseResponse {
     c.acquire_lease(proto::AcquireLeaseRequest {
         namespace: NS.into(),
         key: key.into(),
@@ -247,34 +285,60 @@ pub async fn acquire(c: &mut CoordinatorClient<Channel>, key: &str, holder: &str
 
 /// Creates an entity of `kind` with id `id`.
 pub async fn create(c: &mut CoordinatorClient<Channel>, kind: &str, id: &str) -> proto::Entity {
-    c.create_entity(proto::CreateEntityRequest { namespace: NS.into(), kind: kind.into(), id: id.into(), ..Default::default() })
-        .await
-        .expect("create")
-        .into_inner()
-        .entity
-        .unwrap()
+    c.create_entity(proto::CreateEntityRequest {
+        namespace: NS.into(),
+        kind: kind.into(),
+        id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("create")
+    .into_inner()
+    .entity
+    .unwrap()
 }
 
 /// A transition request with only the essentials.
 pub fn tr(id: &str, name: &str) -> proto::TransitionRequest {
-    proto::TransitionRequest { namespace: NS.into(), entity_id: id.into(), transition: name.into(), ..Default::default() }
+    proto::TransitionRequest {
+        namespace: NS.into(),
+        entity_id: id.into(),
+        transition: name.into(),
+        ..Default::default()
+    }
 }
 
 /// Applies a transition, panicking on errors.
 pub async fn transition(c: &mut CoordinatorClient<Channel>, id: &str, name: &str) -> proto::TransitionResponse {
-    c.transition(tr(id, name)).await.unwrap_or_else(|e| panic!("{name} on {id}: {e:?}")).into_inner()
+    c.transition(tr(id, name))
+        .await
+        .unwrap_or_else(|e| panic!("{name} on {id}: {e:?}"))
+        .into_inner()
 }
 
 /// An event input.
 pub fn ev(t: &str, payload: &str) -> proto::EventInput {
-    proto::EventInput { r#type: t.into(), payload: payload.as_bytes().to_vec(), content_type: "text/plain".into() }
+    proto::EventInput {
+        r#type: t.into(),
+        payload: payload.as_bytes().to_vec(),
+        content_type: "text/plain".into(),
+    }
 }
 
 /// Appends events, returning the response or the status.
-pub async fn append(c: &mut CoordinatorClient<Channel>, id: &str, events: Vec<proto::EventInput>) -> Result<proto::AppendEventsResponse, Status> {
-    c.append_events(proto::AppendEventsRequest { namespace: NS.into(), entity_id: id.into(), events, ..Default::default() })
-        .await
-        .map(|r| r.into_inner())
+pub async fn append(
+    c: &mut CoordinatorClient<Channel>,
+    id: &str,
+    events: Vec<proto::EventInput>,
+) -> Result<proto::AppendEventsResponse, Status> {
+    c.append_events(proto::AppendEventsRequest {
+        namespace: NS.into(),
+        entity_id: id.into(),
+        events,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
 }
 
 /// The whole stored tape, via StreamEvents from 0 (the entity must be sealed).
@@ -285,8 +349,19 @@ pub async fn read_tape(c: &mut CoordinatorClient<Channel>, id: &str) -> Vec<prot
 }
 
 /// Reads a stream to its end: the events, and how it ended (Ok or the status).
-pub async fn collect_stream(c: &mut CoordinatorClient<Channel>, id: &str, after: u64) -> (Vec<proto::Event>, Result<(), Status>) {
-    let mut stream = match c.stream_events(proto::StreamEventsRequest { namespace: NS.into(), entity_id: id.into(), after_seq: after }).await {
+pub async fn collect_stream(
+    c: &mut CoordinatorClient<Channel>,
+    id: &str,
+    after: u64,
+) -> (Vec<proto::Event>, Result<(), Status>) {
+    let mut stream = match c
+        .stream_events(proto::StreamEventsRequest {
+            namespace: NS.into(),
+            entity_id: id.into(),
+            after_seq: after,
+        })
+        .await
+    {
         Ok(s) => s.into_inner(),
         Err(s) => return (vec![], Err(s)),
     };
@@ -310,7 +385,11 @@ pub fn assert_complete(events: &[proto::Event], after: u64) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, after + 1 + i as u64, "gap or duplicate at index {i}");
     }
-    assert_eq!(events.iter().filter(|e| e.r#type == "final").count(), 1, "exactly one final");
+    assert_eq!(
+        events.iter().filter(|e| e.r#type == "final").count(),
+        1,
+        "exactly one final"
+    );
     assert_eq!(events.last().map(|e| e.r#type.as_str()), Some("final"), "final is last");
 }
 

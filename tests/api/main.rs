@@ -4,8 +4,8 @@
 mod helpers;
 
 mod contract;
-mod leases;
 mod entities;
-mod tape;
-mod server;
+mod leases;
 mod scenarios;
+mod server;
+mod tape;

@@ -12,18 +12,31 @@ type Client = proto::coordinator_client::CoordinatorClient<Channel>;
 const TOOL_CALLS: usize = 3;
 
 fn fenced(token: u64) -> Option<proto::Fence> {
-    Some(proto::Fence { key: "session/s".into(), token })
+    Some(proto::Fence {
+        key: "session/s".into(),
+        token,
+    })
 }
 
 /// A session parked for approval with three pending tool calls.
 async fn parked_session(c: &mut Client) {
     create(c, "agent_session", "s").await;
-    c.transition(proto::TransitionRequest { set_fields: [("active_turn_id".to_string(), "turn-1".to_string())].into(), ..tr("s", "start_turn") })
-        .await
-        .unwrap();
+    c.transition(proto::TransitionRequest {
+        set_fields: [("active_turn_id".to_string(), "turn-1".to_string())].into(),
+        ..tr("s", "start_turn")
+    })
+    .await
+    .unwrap();
     transition(c, "s", "run").await;
-    let pending = (0..TOOL_CALLS).map(|i| ev("tool_pending", &format!("call-{i}"))).collect();
-    c.transition(proto::TransitionRequest { events: pending, ..tr("s", "park_for_approval") }).await.unwrap();
+    let pending = (0..TOOL_CALLS)
+        .map(|i| ev("tool_pending", &format!("call-{i}")))
+        .collect();
+    c.transition(proto::TransitionRequest {
+        events: pending,
+        ..tr("s", "park_for_approval")
+    })
+    .await
+    .unwrap();
 }
 
 /// One "approval resolved" wake-up, written the way an agent runtime would: take the
@@ -36,10 +49,19 @@ async fn wake(mut c: Client, who: String) -> usize {
         return 0;
     }
     let token = lease.lease.unwrap().token;
-    let approved = c.transition(proto::TransitionRequest { fence: fenced(token), ..tr("s", "approve") }).await;
+    let approved = c
+        .transition(proto::TransitionRequest {
+            fence: fenced(token),
+            ..tr("s", "approve")
+        })
+        .await;
     let executed = match approved {
         Err(s) => {
-            assert_eq!(reason(&s), "INVALID_TRANSITION", "a late wake learns the state moved on: {s:?}");
+            assert_eq!(
+                reason(&s),
+                "INVALID_TRANSITION",
+                "a late wake learns the state moved on: {s:?}"
+            );
             0
         }
         Ok(_) => {
@@ -54,12 +76,30 @@ async fn wake(mut c: Client, who: String) -> usize {
                 .await
                 .unwrap();
             }
-            c.transition(proto::TransitionRequest { fence: fenced(token), ..tr("s", "finish_turn") }).await.unwrap();
-            c.transition(proto::TransitionRequest { fence: fenced(token), final_payload: b"turn_end".to_vec(), ..tr("s", "close") }).await.unwrap();
+            c.transition(proto::TransitionRequest {
+                fence: fenced(token),
+                ..tr("s", "finish_turn")
+            })
+            .await
+            .unwrap();
+            c.transition(proto::TransitionRequest {
+                fence: fenced(token),
+                final_payload: b"turn_end".to_vec(),
+                ..tr("s", "close")
+            })
+            .await
+            .unwrap();
             TOOL_CALLS
         }
     };
-    c.release_lease(proto::ReleaseLeaseRequest { namespace: NS.into(), key: "session/s".into(), token, request_id: String::new() }).await.unwrap();
+    c.release_lease(proto::ReleaseLeaseRequest {
+        namespace: NS.into(),
+        key: "session/s".into(),
+        token,
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
     executed
 }
 
@@ -79,8 +119,21 @@ async fn approvals_with(backend: Backend, wakes: usize) {
     assert_eq!(executed, TOOL_CALLS, "{wakes} wakes: the calls ran once");
     let tape = read_tape(&mut c, "s").await;
     assert_complete(&tape, 0);
-    assert_eq!(tape.iter().filter(|e| e.r#type == "tool_executed").count(), TOOL_CALLS, "3, not 6");
-    let session = c.get_entity(proto::GetEntityRequest { namespace: NS.into(), id: "s".into() }).await.unwrap().into_inner().entity.unwrap();
+    assert_eq!(
+        tape.iter().filter(|e| e.r#type == "tool_executed").count(),
+        TOOL_CALLS,
+        "3, not 6"
+    );
+    let session = c
+        .get_entity(proto::GetEntityRequest {
+            namespace: NS.into(),
+            id: "s".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entity
+        .unwrap();
     assert_eq!(session.state, "closed");
     assert!(!session.fields.contains_key("active_turn_id"));
 }
@@ -105,7 +158,12 @@ async fn s1_paused_holder_cannot_commit(backend: Backend) {
     let mut slow = app.client().await;
     parked_session(&mut slow).await;
     let first = acquire(&mut slow, "session/s", "slow", 5).await.lease.unwrap();
-    slow.transition(proto::TransitionRequest { fence: fenced(first.token), ..tr("s", "approve") }).await.unwrap();
+    slow.transition(proto::TransitionRequest {
+        fence: fenced(first.token),
+        ..tr("s", "approve")
+    })
+    .await
+    .unwrap();
     append_fenced(&mut slow, first.token, "call-0").await.unwrap();
     app.clock.advance(Duration::from_secs(6)); // the slow wake stalls past its TTL
     let mut fast = app.client().await;
@@ -113,10 +171,18 @@ async fn s1_paused_holder_cannot_commit(backend: Backend) {
     assert!(second.acquired);
     let second = second.lease.unwrap();
     assert!(second.token > first.token);
-    let s = expect_err(append_fenced(&mut slow, first.token, "call-1").await, Code::FailedPrecondition, "LEASE_LOST");
+    let s = expect_err(
+        append_fenced(&mut slow, first.token, "call-1").await,
+        Code::FailedPrecondition,
+        "LEASE_LOST",
+    );
     assert_eq!(meta(&s, "current_holder").as_deref(), Some("fast"));
     expect_err(
-        slow.transition(proto::TransitionRequest { fence: fenced(first.token), ..tr("s", "finish_turn") }).await,
+        slow.transition(proto::TransitionRequest {
+            fence: fenced(first.token),
+            ..tr("s", "finish_turn")
+        })
+        .await,
         Code::FailedPrecondition,
         "LEASE_LOST",
     );
@@ -124,11 +190,25 @@ async fn s1_paused_holder_cannot_commit(backend: Backend) {
     for call in ["call-1", "call-2"] {
         append_fenced(&mut fast, second.token, call).await.unwrap();
     }
-    fast.transition(proto::TransitionRequest { fence: fenced(second.token), ..tr("s", "finish_turn") }).await.unwrap();
-    fast.transition(proto::TransitionRequest { fence: fenced(second.token), ..tr("s", "close") }).await.unwrap();
+    fast.transition(proto::TransitionRequest {
+        fence: fenced(second.token),
+        ..tr("s", "finish_turn")
+    })
+    .await
+    .unwrap();
+    fast.transition(proto::TransitionRequest {
+        fence: fenced(second.token),
+        ..tr("s", "close")
+    })
+    .await
+    .unwrap();
     let tape = read_tape(&mut fast, "s").await;
     assert_complete(&tape, 0);
-    let calls: Vec<_> = tape.iter().filter(|e| e.r#type == "tool_executed").map(|e| String::from_utf8_lossy(&e.payload).to_string()).collect();
+    let calls: Vec<_> = tape
+        .iter()
+        .filter(|e| e.r#type == "tool_executed")
+        .map(|e| String::from_utf8_lossy(&e.payload).to_string())
+        .collect();
     assert_eq!(calls, ["call-0", "call-1", "call-2"]);
 }
 
@@ -139,10 +219,20 @@ async fn s1_crashed_holder_recovered_after_ttl(backend: Backend) {
     parked_session(&mut c).await;
     let crashed = acquire(&mut c, "session/s", "crashed", 10).await.lease.unwrap();
     let mut next = app.client().await;
-    assert!(!acquire(&mut next, "session/s", "next", 10).await.acquired, "not before the TTL");
+    assert!(
+        !acquire(&mut next, "session/s", "next", 10).await.acquired,
+        "not before the TTL"
+    );
     app.clock.advance(Duration::from_secs(11));
     assert_eq!(wake(next, "next".into()).await, TOOL_CALLS);
-    let view = c.get_lease(proto::GetLeaseRequest { namespace: NS.into(), key: "session/s".into() }).await.unwrap().into_inner();
+    let view = c
+        .get_lease(proto::GetLeaseRequest {
+            namespace: NS.into(),
+            key: "session/s".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(view.last_token, crashed.token + 1);
 }
 

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
 
 /// A `baton serve` process on 127.0.0.1:0; its address is read from its own log line, so
 /// there is no port race and no sleep.
@@ -24,7 +27,15 @@ struct Baton {
 impl Baton {
     fn spawn(database_url: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--database-url", database_url])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--database-url",
+                database_url,
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -38,7 +49,9 @@ impl Baton {
             }
         });
         let addr = loop {
-            let line = log.recv_timeout(Duration::from_secs(60)).expect("baton logs that it serves");
+            let line = log
+                .recv_timeout(Duration::from_secs(60))
+                .expect("baton logs that it serves");
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["fields"]["message"] == "baton serving" {
                 break v["fields"]["addr"].as_str().unwrap().to_string();
@@ -48,11 +61,19 @@ impl Baton {
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap()
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {sig}");
     }
 
@@ -63,7 +84,10 @@ impl Baton {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "baton did not exit within {within:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "baton did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -84,17 +108,39 @@ async fn health_and_reflection(backend: Backend) {
     let channel = baton.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in ["", "baton.v1.Coordinator"] {
-        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
-        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service:?}");
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
     }
     let mut reflection = ServerReflectionClient::new(channel);
-    let asks = [MessageRequest::ListServices(String::new()), MessageRequest::FileContainingSymbol("baton.v1.Coordinator".into())];
-    let requests = tokio_stream::iter(asks.map(|m| ServerReflectionRequest { host: String::new(), message_request: Some(m) }));
+    let asks = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("baton.v1.Coordinator".into()),
+    ];
+    let requests = tokio_stream::iter(asks.map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    }));
     let mut answers = reflection.server_reflection_info(requests).await.unwrap().into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = answers.next().await.unwrap().unwrap().message_response else { panic!("list") };
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("list")
+    };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"baton.v1.Coordinator"), "{names:?}");
-    let Some(MessageResponse::FileDescriptorResponse(files)) = answers.next().await.unwrap().unwrap().message_response else { panic!("file") };
+    let Some(MessageResponse::FileDescriptorResponse(files)) = answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("file")
+    };
     let methods: Vec<String> = files
         .file_descriptor_proto
         .iter()
@@ -104,8 +150,18 @@ async fn health_and_reflection(backend: Backend) {
         .flat_map(|s| s.method.into_iter().map(|m| m.name().to_string()))
         .collect();
     let expected = [
-        "AcquireLease", "RenewLease", "ReleaseLease", "GetLease", "DefineMachine", "GetMachine", "CreateEntity", "GetEntity", "ListEntities",
-        "Transition", "AppendEvents", "StreamEvents",
+        "AcquireLease",
+        "RenewLease",
+        "ReleaseLease",
+        "GetLease",
+        "DefineMachine",
+        "GetMachine",
+        "CreateEntity",
+        "GetEntity",
+        "ListEntities",
+        "Transition",
+        "AppendEvents",
+        "StreamEvents",
     ];
     assert_eq!(methods, expected);
 }
@@ -118,11 +174,24 @@ async fn sigterm_drains_and_exits_zero(backend: Backend) {
     let mut c = proto::coordinator_client::CoordinatorClient::new(baton.channel().await);
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
     for spec in baton::domain::machine::parse_machines_toml(&text).unwrap() {
-        c.define_machine(proto::DefineMachineRequest { namespace: NS.into(), spec: Some(baton::grpc::convert::spec_to_proto(&spec)) }).await.unwrap();
+        c.define_machine(proto::DefineMachineRequest {
+            namespace: NS.into(),
+            spec: Some(baton::grpc::convert::spec_to_proto(&spec)),
+        })
+        .await
+        .unwrap();
     }
     create(&mut c, "task", "t").await;
     transition(&mut c, "t", "start").await;
-    let mut stream = c.stream_events(proto::StreamEventsRequest { namespace: NS.into(), entity_id: "t".into(), after_seq: 0 }).await.unwrap().into_inner();
+    let mut stream = c
+        .stream_events(proto::StreamEventsRequest {
+            namespace: NS.into(),
+            entity_id: "t".into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(stream.message().await.unwrap().is_some());
     baton.signal("-TERM");
     let end = loop {
@@ -148,14 +217,29 @@ async fn i8_resume_after_sigkill(backend: Backend) {
     let mut ca = proto::coordinator_client::CoordinatorClient::new(a.channel().await);
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
     for spec in baton::domain::machine::parse_machines_toml(&text).unwrap() {
-        ca.define_machine(proto::DefineMachineRequest { namespace: NS.into(), spec: Some(baton::grpc::convert::spec_to_proto(&spec)) }).await.unwrap();
+        ca.define_machine(proto::DefineMachineRequest {
+            namespace: NS.into(),
+            spec: Some(baton::grpc::convert::spec_to_proto(&spec)),
+        })
+        .await
+        .unwrap();
     }
     create(&mut ca, "task", "k").await;
     transition(&mut ca, "k", "start").await;
     for i in 0..10 {
-        append(&mut ca, "k", vec![ev("progress", &i.to_string())]).await.unwrap();
+        append(&mut ca, "k", vec![ev("progress", &i.to_string())])
+            .await
+            .unwrap();
     }
-    let mut stream = ca.stream_events(proto::StreamEventsRequest { namespace: NS.into(), entity_id: "k".into(), after_seq: 0 }).await.unwrap().into_inner();
+    let mut stream = ca
+        .stream_events(proto::StreamEventsRequest {
+            namespace: NS.into(),
+            entity_id: "k".into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let mut got = vec![];
     while got.len() < 11 {
         if let Some(proto::stream_events_response::Item::Event(e)) = stream.message().await.unwrap().unwrap().item {
@@ -174,7 +258,9 @@ async fn i8_resume_after_sigkill(backend: Backend) {
         async move { collect_stream(&mut c, "k", last).await }
     });
     for i in 10..20 {
-        append(&mut cb, "k", vec![ev("progress", &i.to_string())]).await.unwrap();
+        append(&mut cb, "k", vec![ev("progress", &i.to_string())])
+            .await
+            .unwrap();
     }
     transition(&mut cb, "k", "succeed").await;
     let (rest, end) = resumed.await.unwrap();
@@ -184,11 +270,19 @@ async fn i8_resume_after_sigkill(backend: Backend) {
     assert_eq!(got.len(), 23);
 }
 
-crate::both_backends!(health_and_reflection, sigterm_drains_and_exits_zero, i8_resume_after_sigkill);
+crate::both_backends!(
+    health_and_reflection,
+    sigterm_drains_and_exits_zero,
+    i8_resume_after_sigkill
+);
 
 /// Runs `baton serve` expecting a start-up failure; returns its stderr.
 fn failing_start(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton")).arg("serve").args(args).output().expect("run baton");
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("serve")
+        .args(args)
+        .output()
+        .expect("run baton");
     assert!(!out.status.success(), "baton {args:?} should fail");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -202,14 +296,27 @@ fn failing_start(args: &[&str]) -> String {
 fn bad_configuration_fails_with_one_line() {
     let scheme = failing_start(&["--database-url", "mysql://localhost/x"]);
     assert!(scheme.contains("unsupported database URL"), "{scheme}");
-    let unreachable = failing_start(&["--database-url", "postgres://postgres:secret@127.0.0.1:1/x", "--listen", "127.0.0.1:0"]);
+    let unreachable = failing_start(&[
+        "--database-url",
+        "postgres://postgres:secret@127.0.0.1:1/x",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert!(unreachable.contains("cannot connect to Postgres"), "{unreachable}");
     assert!(!unreachable.contains("secret"), "passwords are redacted: {unreachable}");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("b.db").display());
-    let port_in_use = failing_start(&["--database-url", &url, "--listen", &taken.local_addr().unwrap().to_string()]);
+    let port_in_use = failing_start(&[
+        "--database-url",
+        &url,
+        "--listen",
+        &taken.local_addr().unwrap().to_string(),
+    ]);
     assert!(port_in_use.contains("cannot listen on"), "{port_in_use}");
-    let bad_flag = Command::new(env!("CARGO_BIN_EXE_baton")).args(["serve", "--drain", "soon"]).output().unwrap();
+    let bad_flag = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--drain", "soon"])
+        .output()
+        .unwrap();
     assert!(!bad_flag.status.success());
 }

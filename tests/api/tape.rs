@@ -10,21 +10,32 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 type Client = proto::coordinator_client::CoordinatorClient<Channel>;
+/// A stream being collected: the events and how it ended.
+type Collected = tokio::task::JoinHandle<(Vec<proto::Event>, Result<(), tonic::Status>)>;
 
 /// Opens a stream and returns a task collecting it, plus a watch of the highest seq seen
 /// (so tests can wait for progress without sleeping).
-fn subscribe(mut c: Client, id: &str, after: u64) -> (tokio::task::JoinHandle<(Vec<proto::Event>, Result<(), tonic::Status>)>, tokio::sync::watch::Receiver<u64>) {
+fn subscribe(mut c: Client, id: &str, after: u64) -> (Collected, tokio::sync::watch::Receiver<u64>) {
     let (seen_tx, seen) = tokio::sync::watch::channel(after);
     let id = id.to_string();
     let task = tokio::spawn(async move {
-        let mut stream = match c.stream_events(proto::StreamEventsRequest { namespace: NS.into(), entity_id: id, after_seq: after }).await {
+        let mut stream = match c
+            .stream_events(proto::StreamEventsRequest {
+                namespace: NS.into(),
+                entity_id: id,
+                after_seq: after,
+            })
+            .await
+        {
             Ok(s) => s.into_inner(),
             Err(s) => return (vec![], Err(s)),
         };
         let mut events = vec![];
         loop {
             match stream.message().await {
-                Ok(Some(proto::StreamEventsResponse { item: Some(Item::Event(e)) })) => {
+                Ok(Some(proto::StreamEventsResponse {
+                    item: Some(Item::Event(e)),
+                })) => {
                     let _ = seen_tx.send(e.seq);
                     events.push(e);
                 }
@@ -38,7 +49,10 @@ fn subscribe(mut c: Client, id: &str, after: u64) -> (tokio::task::JoinHandle<(V
 }
 
 async fn reached(seen: &mut tokio::sync::watch::Receiver<u64>, seq: u64) {
-    tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|s| *s >= seq)).await.expect("stream progressed").expect("stream alive");
+    tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|s| *s >= seq))
+        .await
+        .expect("stream progressed")
+        .expect("stream alive");
 }
 
 /// S4: a runner appends progress as fast as it can while another client cancels. The tape
@@ -82,13 +96,21 @@ async fn s4_late_progress_never_lands_after_final(backend: Backend) {
     let tape = read_tape(&mut c, "job").await;
     assert_complete(&tape, 0);
     assert_eq!(tape.last().unwrap().seq, final_seq);
-    assert_eq!(tape.iter().filter(|e| e.r#type == "progress").count() as u64, appended, "every acknowledged append is stored");
+    assert_eq!(
+        tape.iter().filter(|e| e.r#type == "progress").count() as u64,
+        appended,
+        "every acknowledged append is stored"
+    );
     for (i, (task, _)) in subs.into_iter().enumerate() {
         let (events, end) = task.await.unwrap();
         end.unwrap_or_else(|s| panic!("subscriber {i} ended with {s:?}"));
         let after = tape.len() as u64 - events.len() as u64;
         assert_complete(&events, after);
-        assert_eq!(events.as_slice(), &tape[after as usize..], "subscriber {i} saw the tape exactly");
+        assert_eq!(
+            events.as_slice(),
+            &tape[after as usize..],
+            "subscriber {i} saw the tape exactly"
+        );
     }
 }
 
@@ -97,9 +119,19 @@ async fn cancel_before_start_seals_with_final(backend: Backend) {
     let (_db, app) = spawn_app(backend).await;
     let mut c = app.client().await;
     create(&mut c, "task", "never").await;
-    let r = c.transition(proto::TransitionRequest { final_payload: b"cancelled by user".to_vec(), ..tr("never", "cancel") }).await.unwrap().into_inner();
+    let r = c
+        .transition(proto::TransitionRequest {
+            final_payload: b"cancelled by user".to_vec(),
+            ..tr("never", "cancel")
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let e = r.entity.unwrap();
-    assert_eq!((e.state.as_str(), e.sealed, r.seqs.as_slice()), ("cancelled", true, &[1, 2][..]));
+    assert_eq!(
+        (e.state.as_str(), e.sealed, r.seqs.as_slice()),
+        ("cancelled", true, &[1, 2][..])
+    );
     let tape = read_tape(&mut c, "never").await;
     assert_complete(&tape, 0);
     assert_eq!(tape[1].payload, b"cancelled by user");
@@ -113,10 +145,16 @@ async fn i7_nothing_is_stored_after_final(backend: Backend) {
     let mut c = app.client().await;
     create(&mut c, "task", "done").await;
     transition(&mut c, "done", "start").await;
-    append(&mut c, "done", vec![ev("progress", "1"), ev("progress", "2")]).await.unwrap();
+    append(&mut c, "done", vec![ev("progress", "1"), ev("progress", "2")])
+        .await
+        .unwrap();
     let fin = transition(&mut c, "done", "succeed").await;
     let final_seq = *fin.seqs.last().unwrap();
-    let s = expect_err(append(&mut c, "done", vec![ev("progress", "late")]).await, Code::FailedPrecondition, "TAPE_SEALED");
+    let s = expect_err(
+        append(&mut c, "done", vec![ev("progress", "late")]).await,
+        Code::FailedPrecondition,
+        "TAPE_SEALED",
+    );
     assert_eq!(meta(&s, "final_seq"), Some(final_seq.to_string()));
     let dropped = c
         .append_events(proto::AppendEventsRequest {
@@ -129,9 +167,16 @@ async fn i7_nothing_is_stored_after_final(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((dropped.dropped, dropped.seqs.len(), dropped.final_seq), (true, 0, final_seq));
+    assert_eq!(
+        (dropped.dropped, dropped.seqs.len(), dropped.final_seq),
+        (true, 0, final_seq)
+    );
     // Nor can a transition move a sealed entity.
-    expect_err(c.transition(tr("done", "start")).await, Code::FailedPrecondition, "INVALID_TRANSITION");
+    expect_err(
+        c.transition(tr("done", "start")).await,
+        Code::FailedPrecondition,
+        "INVALID_TRANSITION",
+    );
     let tape = read_tape(&mut c, "done").await;
     assert_complete(&tape, 0);
     assert_eq!(tape.len() as u64, final_seq);
@@ -144,16 +189,31 @@ async fn i7_nothing_is_stored_after_final(backend: Backend) {
 /// Idle streams get heartbeats carrying the latest seq.
 async fn idle_streams_get_heartbeats(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let settings = baton::app::Settings { heartbeat: Duration::from_millis(50), ..test_settings(&db.url) };
+    let settings = baton::app::Settings {
+        heartbeat: Duration::from_millis(50),
+        ..test_settings(&db.url)
+    };
     let app = TestApp::start_with(settings, Clock::system()).await;
     define_examples(&app, NS).await;
     let mut c = app.client().await;
     create(&mut c, "task", "idle").await;
     transition(&mut c, "idle", "start").await;
-    let mut stream = c.stream_events(proto::StreamEventsRequest { namespace: NS.into(), entity_id: "idle".into(), after_seq: 0 }).await.unwrap().into_inner();
+    let mut stream = c
+        .stream_events(proto::StreamEventsRequest {
+            namespace: NS.into(),
+            entity_id: "idle".into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert!(matches!(first.item, Some(Item::Event(ref e)) if e.seq == 1));
-    let hb = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("heartbeat").unwrap().unwrap();
+    let hb = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("heartbeat")
+        .unwrap()
+        .unwrap();
     assert_eq!(hb.item, Some(Item::Heartbeat(proto::Heartbeat { latest_seq: 1 })));
 }
 
@@ -166,13 +226,28 @@ async fn bad_tape_input_names_the_field(backend: Backend) {
         (vec![], "events"),
         (vec![ev("final", "x")], "events[0].type"),
         (vec![ev("ok", "x"), ev("Bad Type", "x")], "events[1].type"),
-        (vec![proto::EventInput { r#type: "big".into(), payload: vec![0; 64 * 1024 + 1], content_type: String::new() }], "events[0].payload"),
+        (
+            vec![proto::EventInput {
+                r#type: "big".into(),
+                payload: vec![0; 64 * 1024 + 1],
+                content_type: String::new(),
+            }],
+            "events[0].payload",
+        ),
     ];
     for (events, field) in cases {
-        let s = expect_err(append(&mut c, "t", events).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+        let s = expect_err(
+            append(&mut c, "t", events).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
         assert_eq!(meta(&s, "field").as_deref(), Some(field));
     }
-    expect_err(append(&mut c, "ghost", vec![ev("p", "x")]).await, Code::NotFound, "ENTITY_NOT_FOUND");
+    expect_err(
+        append(&mut c, "ghost", vec![ev("p", "x")]).await,
+        Code::NotFound,
+        "ENTITY_NOT_FOUND",
+    );
     let (_, end) = collect_stream(&mut c, "ghost", 0).await;
     assert_eq!(end.unwrap_err().code(), Code::NotFound);
 }
@@ -191,7 +266,9 @@ async fn i8_subscriber_on_one_replica_sees_writes_on_another(backend: Backend) {
     transition(&mut cb, "x", "start").await;
     reached(&mut seen, 1).await;
     for i in 0..20 {
-        append(&mut cb, "x", vec![ev("progress", &i.to_string())]).await.unwrap();
+        append(&mut cb, "x", vec![ev("progress", &i.to_string())])
+            .await
+            .unwrap();
     }
     reached(&mut seen, 21).await;
     transition(&mut cb, "x", "succeed").await;
@@ -213,7 +290,9 @@ async fn i8_resume_after_replica_stops(backend: Backend) {
     create(&mut ca, "task", "r").await;
     transition(&mut ca, "r", "start").await;
     for i in 0..10 {
-        append(&mut ca, "r", vec![ev("progress", &i.to_string())]).await.unwrap();
+        append(&mut ca, "r", vec![ev("progress", &i.to_string())])
+            .await
+            .unwrap();
     }
     let (task, mut seen) = subscribe(a.client().await, "r", 0);
     reached(&mut seen, 11).await;
@@ -225,7 +304,9 @@ async fn i8_resume_after_replica_stops(backend: Backend) {
     let mut cb = b.client().await;
     let (task, _) = subscribe(b.client().await, "r", last);
     for i in 10..20 {
-        append(&mut cb, "r", vec![ev("progress", &i.to_string())]).await.unwrap();
+        append(&mut cb, "r", vec![ev("progress", &i.to_string())])
+            .await
+            .unwrap();
     }
     transition(&mut cb, "r", "succeed").await;
     let (rest, end) = task.await.unwrap();
@@ -270,3 +351,20 @@ mod i8_subscriber_on_one_replica_sees_writes_on_another {
         super::i8_subscriber_on_one_replica_sees_writes_on_another(crate::helpers::Backend::Postgres).await
     }
 }
+
+/// A cursor past the tape's head was never delivered by any replica: INVALID_ARGUMENT,
+/// not a silent wait.
+async fn cursor_past_head_is_refused(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = app.client().await;
+    create(&mut c, "task", "t").await;
+    transition(&mut c, "t", "start").await;
+    let (_, end) = collect_stream(&mut c, "t", 2).await;
+    let s = end.unwrap_err();
+    assert_eq!(
+        (s.code(), meta(&s, "field").as_deref()),
+        (Code::InvalidArgument, Some("after_seq"))
+    );
+}
+
+both_backends!(cursor_past_head_is_refused);
