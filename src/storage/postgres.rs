@@ -15,7 +15,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, broadcast, watch};
+use tokio::sync::{Mutex, broadcast, oneshot, watch};
 
 const TAPE_CHANNEL: &str = "baton_tape";
 const LEASE_CHANNEL: &str = "baton_lease";
@@ -57,7 +57,18 @@ impl PgStore {
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         let (changes, _) = broadcast::channel(4096);
         let (stop_listener, stop) = watch::channel(false);
-        tokio::spawn(listen(pool.clone(), changes.clone(), stop));
+        let (ready_tx, ready) = oneshot::channel();
+        tokio::spawn(listen(pool.clone(), changes.clone(), stop, ready_tx));
+        // Serve nothing before we can hear other replicas' commits.
+        match tokio::time::timeout(Duration::from_secs(10), ready).await {
+            Ok(Ok(())) => {}
+            _ => {
+                let _ = stop_listener.send(true);
+                return Err(StoreError::Unavailable(
+                    "cannot LISTEN for notifications on Postgres".into(),
+                ));
+            }
+        }
         Ok(Self {
             write_pool: pool.clone(),
             read_pool: pool,
@@ -262,7 +273,13 @@ fn decode(channel: &str, payload: &str) -> Option<Change> {
 
 /// The replica's one LISTEN connection. After every (re)connection it announces `Resync`,
 /// so subscribers re-read from their last seq whatever was committed while it was down.
-async fn listen(pool: PgPool, changes: broadcast::Sender<Change>, mut stop: watch::Receiver<bool>) {
+async fn listen(
+    pool: PgPool,
+    changes: broadcast::Sender<Change>,
+    mut stop: watch::Receiver<bool>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
     loop {
         let connected = async {
@@ -286,6 +303,9 @@ async fn listen(pool: PgPool, changes: broadcast::Sender<Change>, mut stop: watc
             },
         };
         backoff = Duration::from_millis(50);
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
         let _ = changes.send(Change::Resync);
         loop {
             tokio::select! {

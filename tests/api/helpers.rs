@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+/// A generated client.
+pub type Client = CoordinatorClient<Channel>;
+
 /// Which store a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -226,8 +229,12 @@ pub const NS: &str = "test";
 
 /// Defines every machine of examples/machines.toml in `ns`.
 pub async fn define_examples(app: &TestApp, ns: &str) {
+    define_examples_with(&mut app.client().await, ns).await
+}
+
+/// [`define_examples`] through an existing client (e.g. one talking to a `baton` process).
+pub async fn define_examples_with(c: &mut Client, ns: &str) {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
-    let mut c = app.client().await;
     for spec in baton::domain::machine::parse_machines_toml(&text).unwrap() {
         c.define_machine(proto::DefineMachineRequest {
             namespace: ns.into(),
@@ -349,19 +356,24 @@ pub async fn read_tape(c: &mut CoordinatorClient<Channel>, id: &str) -> Vec<prot
 }
 
 /// Reads a stream to its end: the events, and how it ended (Ok or the status).
-pub async fn collect_stream(
-    c: &mut CoordinatorClient<Channel>,
+pub async fn collect_stream(c: &mut Client, id: &str, after: u64) -> (Vec<proto::Event>, Result<(), Status>) {
+    collect_stream_reporting(c, id, after, None).await
+}
+
+/// [`collect_stream`], publishing the highest seq received so far to `progress` (tests
+/// wait on it instead of sleeping).
+pub async fn collect_stream_reporting(
+    c: &mut Client,
     id: &str,
     after: u64,
+    progress: Option<tokio::sync::watch::Sender<u64>>,
 ) -> (Vec<proto::Event>, Result<(), Status>) {
-    let mut stream = match c
-        .stream_events(proto::StreamEventsRequest {
-            namespace: NS.into(),
-            entity_id: id.into(),
-            after_seq: after,
-        })
-        .await
-    {
+    let request = proto::StreamEventsRequest {
+        namespace: NS.into(),
+        entity_id: id.into(),
+        after_seq: after,
+    };
+    let mut stream = match c.stream_events(request).await {
         Ok(s) => s.into_inner(),
         Err(s) => return (vec![], Err(s)),
     };
@@ -370,6 +382,9 @@ pub async fn collect_stream(
         match stream.message().await {
             Ok(Some(m)) => {
                 if let Some(proto::stream_events_response::Item::Event(e)) = m.item {
+                    if let Some(p) = &progress {
+                        let _ = p.send(e.seq);
+                    }
                     events.push(e);
                 }
             }

@@ -6,9 +6,7 @@ use crate::helpers::*;
 use baton::proto;
 use std::time::Duration;
 use tonic::Code;
-use tonic::transport::Channel;
 
-type Client = proto::coordinator_client::CoordinatorClient<Channel>;
 const TOOL_CALLS: usize = 3;
 
 fn fenced(token: u64) -> Option<proto::Fence> {

@@ -172,15 +172,7 @@ async fn sigterm_drains_and_exits_zero(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut baton = Baton::spawn(&db.url, &["--drain", "3s"]);
     let mut c = proto::coordinator_client::CoordinatorClient::new(baton.channel().await);
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
-    for spec in baton::domain::machine::parse_machines_toml(&text).unwrap() {
-        c.define_machine(proto::DefineMachineRequest {
-            namespace: NS.into(),
-            spec: Some(baton::grpc::convert::spec_to_proto(&spec)),
-        })
-        .await
-        .unwrap();
-    }
+    define_examples_with(&mut c, NS).await;
     create(&mut c, "task", "t").await;
     transition(&mut c, "t", "start").await;
     let mut stream = c
@@ -215,15 +207,7 @@ async fn i8_resume_after_sigkill(backend: Backend) {
     let db = TestDb::new(backend).await;
     let a = Baton::spawn(&db.url, &[]);
     let mut ca = proto::coordinator_client::CoordinatorClient::new(a.channel().await);
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
-    for spec in baton::domain::machine::parse_machines_toml(&text).unwrap() {
-        ca.define_machine(proto::DefineMachineRequest {
-            namespace: NS.into(),
-            spec: Some(baton::grpc::convert::spec_to_proto(&spec)),
-        })
-        .await
-        .unwrap();
-    }
+    define_examples_with(&mut ca, NS).await;
     create(&mut ca, "task", "k").await;
     transition(&mut ca, "k", "start").await;
     for i in 0..10 {

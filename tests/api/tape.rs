@@ -7,9 +7,7 @@ use baton::domain::time::Clock;
 use baton::proto::{self, stream_events_response::Item};
 use std::time::Duration;
 use tonic::Code;
-use tonic::transport::Channel;
 
-type Client = proto::coordinator_client::CoordinatorClient<Channel>;
 /// A stream being collected: the events and how it ended.
 type Collected = tokio::task::JoinHandle<(Vec<proto::Event>, Result<(), tonic::Status>)>;
 
@@ -18,33 +16,7 @@ type Collected = tokio::task::JoinHandle<(Vec<proto::Event>, Result<(), tonic::S
 fn subscribe(mut c: Client, id: &str, after: u64) -> (Collected, tokio::sync::watch::Receiver<u64>) {
     let (seen_tx, seen) = tokio::sync::watch::channel(after);
     let id = id.to_string();
-    let task = tokio::spawn(async move {
-        let mut stream = match c
-            .stream_events(proto::StreamEventsRequest {
-                namespace: NS.into(),
-                entity_id: id,
-                after_seq: after,
-            })
-            .await
-        {
-            Ok(s) => s.into_inner(),
-            Err(s) => return (vec![], Err(s)),
-        };
-        let mut events = vec![];
-        loop {
-            match stream.message().await {
-                Ok(Some(proto::StreamEventsResponse {
-                    item: Some(Item::Event(e)),
-                })) => {
-                    let _ = seen_tx.send(e.seq);
-                    events.push(e);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return (events, Ok(())),
-                Err(s) => return (events, Err(s)),
-            }
-        }
-    });
+    let task = tokio::spawn(async move { collect_stream_reporting(&mut c, &id, after, Some(seen_tx)).await });
     (task, seen)
 }
 
