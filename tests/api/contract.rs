@@ -331,3 +331,17 @@ both_backends!(
     writers_of_one_key_serialize,
     clock_skew_is_store_time,
 );
+
+/// Housekeeping runs on one replica at a time (Postgres: a session advisory lock on a
+/// dedicated connection); when that replica closes, another takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_housekeeper_among_postgres_replicas() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = store(&db, Clock::system()).await;
+    let b = store(&db, Clock::system()).await;
+    assert!(a.is_housekeeper().await.unwrap());
+    assert!(!b.is_housekeeper().await.unwrap());
+    assert!(a.is_housekeeper().await.unwrap(), "the leader stays leader");
+    a.close().await;
+    assert!(b.is_housekeeper().await.unwrap(), "another replica takes over");
+}

@@ -340,3 +340,51 @@ async fn cursor_past_head_is_refused(backend: Backend) {
 }
 
 both_backends!(cursor_past_head_is_refused);
+
+/// A lost notification connection is re-established and subscribers re-read from their
+/// last seq, so nothing is missed (Postgres: the replicas' LISTEN backends are terminated
+/// while a subscriber waits; the next appends, made through another replica, still arrive,
+/// which they could not without the reconnect).
+async fn lost_listen_connection_misses_nothing(backend: Backend) {
+    assert_eq!(backend, Backend::Postgres);
+    let db = TestDb::new(backend).await;
+    let a = TestApp::start(&db, Clock::system()).await;
+    let b = TestApp::start(&db, Clock::system()).await;
+    define_examples(&a, NS).await;
+    let mut cb = b.client().await;
+    create(&mut cb, "task", "l").await;
+    transition(&mut cb, "l", "start").await;
+    let (task, mut seen) = subscribe(a.client().await, "l", 0);
+    reached(&mut seen, 1).await;
+    // Cut every LISTEN connection (both replicas'): the listeners reconnect and resync.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let cut: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!cut.is_empty(), "found the LISTEN connections");
+    for i in 0..5 {
+        append(&mut cb, "l", vec![ev("progress", &i.to_string())])
+            .await
+            .unwrap();
+    }
+    transition(&mut cb, "l", "succeed").await;
+    let (events, end) = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("stream completes")
+        .unwrap();
+    end.unwrap();
+    assert_complete(&events, 0);
+    assert_eq!(events.len(), 8, "start, 5 progress, succeed, final");
+}
+
+mod lost_listen_connection_misses_nothing {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        super::lost_listen_connection_misses_nothing(crate::helpers::Backend::Postgres).await
+    }
+}
