@@ -7,21 +7,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 use tonic::Code;
 
-async fn get(
-    c: &mut proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
-    id: &str,
-) -> proto::Entity {
-    c.get_entity(proto::GetEntityRequest {
-        namespace: NS.into(),
-        id: id.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .entity
-    .unwrap()
-}
-
 /// Runs `n` concurrent copies of a transition, each on its own connection; returns the
 /// applied count and the error statuses.
 async fn race(app: &TestApp, n: usize, req: proto::TransitionRequest) -> (usize, Vec<tonic::Status>) {
@@ -74,7 +59,7 @@ async fn s2_resume_races_and_idempotent_cancel(backend: Backend) {
         ("completed", false),
         ("cancelled", false),
     ] {
-        let before = get(&mut c, id).await;
+        let before = get_entity(&mut c, id).await;
         let (applied, errors) = race(&app, 32, tr(id, "resume")).await;
         assert_eq!(applied, usize::from(resumable), "{id}");
         assert_eq!(errors.len(), 32 - applied, "{id}");
@@ -88,16 +73,16 @@ async fn s2_resume_races_and_idempotent_cancel(backend: Backend) {
             assert_eq!(meta(s, "current_state").as_deref(), Some(expected_state), "{id}");
             assert!(meta(s, "version").is_some());
         }
-        let after = get(&mut c, id).await;
+        let after = get_entity(&mut c, id).await;
         assert_eq!(after.version, before.version + u64::from(resumable), "{id}");
     }
     // Cancel on finished runs: applied=false, not even updated_at moves.
     for id in ["completed", "cancelled"] {
-        let before = get(&mut c, id).await;
+        let before = get_entity(&mut c, id).await;
         let (ok, _) = (transition(&mut c, id, "cancel").await, ());
         assert!(!ok.applied);
         assert!(ok.seqs.is_empty());
-        let after = get(&mut c, id).await;
+        let after = get_entity(&mut c, id).await;
         assert_eq!(
             (after.version, after.updated_at, after.last_seq),
             (before.version, before.updated_at, before.last_seq),
@@ -142,7 +127,7 @@ async fn s3_active_turn_is_cleared_atomically(backend: Backend) {
                 "{id}: cleared on {last}"
             );
             assert!(
-                !get(&mut c, id).await.fields.contains_key("active_turn_id"),
+                !get_entity(&mut c, id).await.fields.contains_key("active_turn_id"),
                 "{id}: cleared in storage"
             );
         }
@@ -282,7 +267,7 @@ async fn i10_transition_retry_applies_once(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(again.seqs, first.seqs);
-    let e = get(&mut c, "t").await;
+    let e = get_entity(&mut c, "t").await;
     assert_eq!(
         (e.version, e.last_seq),
         (2, 2),
@@ -546,7 +531,7 @@ async fn random_walk_keeps_field_rules_and_counts_versions(backend: Backend) {
                     "{s:?}"
                 ),
             }
-            let e = get(&mut c, &id).await;
+            let e = get_entity(&mut c, &id).await;
             for field in e.fields.keys() {
                 if let Some(states) = allowed.get(field) {
                     assert!(states.contains(&e.state), "{field} present in {}", e.state);

@@ -305,6 +305,19 @@ pub async fn create(c: &mut CoordinatorClient<Channel>, kind: &str, id: &str) ->
     .unwrap()
 }
 
+/// Reads one entity, panicking on errors.
+pub async fn get_entity(c: &mut Client, id: &str) -> proto::Entity {
+    c.get_entity(proto::GetEntityRequest {
+        namespace: NS.into(),
+        id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("get {id}: {e:?}"))
+    .into_inner()
+    .entity
+    .unwrap()
+}
+
 /// A transition request with only the essentials.
 pub fn tr(id: &str, name: &str) -> proto::TransitionRequest {
     proto::TransitionRequest {

@@ -139,16 +139,7 @@ async fn i3_taken_over_holder_is_fenced_out(backend: Backend) {
         })
         .await;
     expect_err(stale_create, Code::FailedPrecondition, "LEASE_LOST");
-    let entity = c
-        .get_entity(proto::GetEntityRequest {
-            namespace: NS.into(),
-            id: "t1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entity
-        .unwrap();
+    let entity = get_entity(&mut c, "t1").await;
     assert_eq!(
         (entity.state.as_str(), entity.version, entity.last_seq),
         ("pending", 1, 0),

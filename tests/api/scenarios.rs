@@ -122,16 +122,7 @@ async fn approvals_with(backend: Backend, wakes: usize) {
         TOOL_CALLS,
         "3, not 6"
     );
-    let session = c
-        .get_entity(proto::GetEntityRequest {
-            namespace: NS.into(),
-            id: "s".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entity
-        .unwrap();
+    let session = get_entity(&mut c, "s").await;
     assert_eq!(session.state, "closed");
     assert!(!session.fields.contains_key("active_turn_id"));
 }
@@ -306,16 +297,7 @@ async fn s3_concurrent_turns_never_leave_a_stale_turn(backend: Backend) {
     for t in tasks {
         applied += t.await.unwrap();
     }
-    let e = c
-        .get_entity(proto::GetEntityRequest {
-            namespace: NS.into(),
-            id: "s".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entity
-        .unwrap();
+    let e = get_entity(&mut c, "s").await;
     assert_eq!(e.version, applied + 1, "version = applied transitions + 1");
     assert!(e.state == "starting" || e.state == "running" || !e.fields.contains_key("active_turn_id"));
     assert!(applied > 0);
