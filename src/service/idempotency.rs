@@ -4,7 +4,7 @@
 
 use super::{Error, Result};
 use crate::domain::DomainError;
-use crate::domain::names::{Namespace, RequestId};
+use crate::domain::names::{Namespace, RequestId, stable_hash};
 use crate::storage::WriteTx;
 use serde::{Serialize, de::DeserializeOwned};
 use std::fmt::Debug;
@@ -13,11 +13,7 @@ use std::fmt::Debug;
 /// asked for (request id excluded). A retry matches it exactly; a different request under
 /// the same id does not, and is refused instead of answered with someone else's outcome.
 pub fn call_id(method: &str, target: &str, request: &impl Debug) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{request:?}").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = stable_hash(format!("{request:?}").into_bytes());
     format!("{method} {target} {h:016x}")
 }
 

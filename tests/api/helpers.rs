@@ -216,6 +216,17 @@ impl Drop for TestApp {
     }
 }
 
+/// A fresh Postgres database and two replicas on it sharing one clock, machines of
+/// examples/machines.toml defined in `ns`.
+pub async fn spawn_two_replicas() -> (TestDb, TestApp, TestApp) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let clock = Clock::system();
+    let a = TestApp::start(&db, clock.clone()).await;
+    let b = TestApp::start(&db, clock).await;
+    define_examples(&a, NS).await;
+    (db, a, b)
+}
+
 /// A fresh database and one server on it, machines of examples/machines.toml defined in `ns`.
 pub async fn spawn_app(backend: Backend) -> (TestDb, TestApp) {
     let db = TestDb::new(backend).await;

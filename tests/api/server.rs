@@ -19,7 +19,8 @@ use tonic_reflection::pb::v1::{
 /// A `baton serve` process on 127.0.0.1:0; its address is read from its own log line, so
 /// there is no port race and no sleep.
 struct Baton {
-    child: Child,
+    /// `None` once waited for.
+    child: Option<Child>,
     addr: String,
     log: mpsc::Receiver<String>,
 }
@@ -57,7 +58,11 @@ impl Baton {
                 break v["fields"]["addr"].as_str().unwrap().to_string();
             }
         };
-        Self { child, addr, log }
+        Self {
+            child: Some(child),
+            addr,
+            log,
+        }
     }
 
     async fn channel(&self) -> Channel {
@@ -70,33 +75,37 @@ impl Baton {
 
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
+            .args([sig, &self.child.as_ref().expect("running").id().to_string()])
             .status()
             .unwrap()
             .success();
         assert!(ok, "kill {sig}");
     }
 
-    /// Waits for exit, up to `within`.
+    /// Waits for exit, up to `within` (a thread blocks in `wait`; no polling).
     fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(within) {
+            Ok(status) => status.expect("wait for baton"),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("baton did not exit within {within:?}");
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "baton did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
 impl Drop for Baton {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -228,10 +228,7 @@ async fn bad_tape_input_names_the_field(backend: Backend) {
 /// instance B, woken by NOTIFY.
 async fn i8_subscriber_on_one_replica_sees_writes_on_another(backend: Backend) {
     assert_eq!(backend, Backend::Postgres);
-    let db = TestDb::new(backend).await;
-    let a = TestApp::start(&db, Clock::system()).await;
-    let b = TestApp::start(&db, Clock::system()).await;
-    define_examples(&a, NS).await;
+    let (_db, a, b) = spawn_two_replicas().await;
     let mut cb = b.client().await;
     create(&mut cb, "task", "x").await;
     let (task, mut seen) = subscribe(a.client().await, "x", 0);
@@ -347,10 +344,7 @@ both_backends!(cursor_past_head_is_refused);
 /// which they could not without the reconnect).
 async fn lost_listen_connection_misses_nothing(backend: Backend) {
     assert_eq!(backend, Backend::Postgres);
-    let db = TestDb::new(backend).await;
-    let a = TestApp::start(&db, Clock::system()).await;
-    let b = TestApp::start(&db, Clock::system()).await;
-    define_examples(&a, NS).await;
+    let (db, a, b) = spawn_two_replicas().await;
     let mut cb = b.client().await;
     create(&mut cb, "task", "l").await;
     transition(&mut cb, "l", "start").await;
