@@ -129,6 +129,7 @@ impl From<Error> for Status {
                 let meta: Vec<(&str, String)> = last_seq.map(|s| ("last_seq", s.to_string())).into_iter().collect();
                 status(Code::Unavailable, "SHUTTING_DOWN", msg, &meta)
             }
+            Error::Conflict(_) => status(Code::Aborted, "MACHINE_CHANGED", msg, &[]),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 status(

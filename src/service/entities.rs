@@ -10,7 +10,7 @@ use crate::domain::lease::Fence;
 use crate::domain::machine::{Plan, Snapshot, TransitionAsk, plan_transition};
 use crate::domain::names::{DedupKey, EntityId, Name, Namespace, RequestId, lock_key, lock_space};
 use crate::domain::tape::{self, EventInput, StoredEvent};
-use crate::storage::{Change, ListQuery, StoredMachine, WriteTx};
+use crate::storage::{Change, ListQuery, WriteTx};
 use std::sync::Arc;
 
 /// A validated CreateEntity.
@@ -73,19 +73,6 @@ pub struct TransitionOutcome {
     pub seqs: Vec<u64>,
 }
 
-/// Loads a kind's machine inside a write, holding the machine's shared lock so a
-/// redefinition cannot remove a state under this transaction.
-async fn machine_in_tx(tx: &mut dyn WriteTx, ns: &Namespace, kind: &Name) -> Result<StoredMachine> {
-    tx.lock_shared(lock_key(ns, lock_space::MACHINE, kind.as_str())).await?;
-    tx.machine(ns, kind).await?.ok_or_else(|| {
-        DomainError::NotFound {
-            what: "machine",
-            name: kind.to_string(),
-        }
-        .into()
-    })
-}
-
 fn not_found(id: &EntityId) -> DomainError {
     DomainError::NotFound {
         what: "entity",
@@ -116,12 +103,20 @@ impl Coordinator {
             cmd.kind.as_str(),
             &(&cmd.id, &cmd.dedup_key, &cmd.fields, &cmd.fence),
         );
+        let _turn = self.queue.turn(lock).await;
+        self.retrying(|| self.create_once(&cmd, &id, lock, &call)).await
+    }
+
+    async fn create_once(&self, cmd: &CreateCmd, id: &EntityId, lock: i64, call: &str) -> Result<CreateOutcome> {
         let mut tx = self.store.begin(lock).await?;
-        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
+        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call).await? {
             return Ok(out);
         }
-        let machine = machine_in_tx(&mut *tx, &cmd.ns, &cmd.kind).await?;
-        machine.machine.check_initial_fields(&cmd.fields)?;
+        let planned = self.machine_for_write(&mut *tx, &cmd.ns, &cmd.kind).await?;
+        if let Err(refusal) = planned.stored.machine.check_initial_fields(&cmd.fields) {
+            self.confirm_refusal(&mut *tx, &cmd.ns, &cmd.kind, &planned).await?;
+            return Err(refusal.into());
+        }
         check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
         if let Some(dedup) = &cmd.dedup_key
             && let Some(existing) = tx.entity_by_dedup(&cmd.ns, &cmd.kind, dedup).await?
@@ -133,12 +128,12 @@ impl Coordinator {
         }
         let now = tx.now();
         let entity = Entity {
-            id,
+            id: id.clone(),
             kind: cmd.kind.clone(),
-            state: machine.machine.initial_state().to_string(),
+            state: planned.stored.machine.initial_state().to_string(),
             version: 1,
-            fields: cmd.fields,
-            dedup_key: cmd.dedup_key,
+            fields: cmd.fields.clone(),
+            dedup_key: cmd.dedup_key.clone(),
             created_at: now,
             updated_at: now,
             last_activity_at: now,
@@ -147,8 +142,10 @@ impl Coordinator {
         };
         tx.insert_entity(&cmd.ns, &entity).await?;
         let out = CreateOutcome { created: true, entity };
-        remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
-        tx.commit().await?;
+        remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call, &out).await?;
+        tx.commit()
+            .await
+            .map_err(|e| self.on_conflict(&cmd.ns, &cmd.kind, e.into()))?;
         Ok(out)
     }
 
@@ -181,15 +178,21 @@ impl Coordinator {
                 &cmd.final_content_type,
             ),
         );
-        let mut tx = self.store.begin(entity_lock(&cmd.ns, &cmd.entity_id)).await?;
-        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
+        let lock = entity_lock(&cmd.ns, &cmd.entity_id);
+        let _turn = self.queue.turn(lock).await;
+        self.retrying(|| self.transition_once(&cmd, lock, &call)).await
+    }
+
+    async fn transition_once(&self, cmd: &TransitionCmd, lock: i64, call: &str) -> Result<TransitionOutcome> {
+        let mut tx = self.store.begin(lock).await?;
+        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call).await? {
             return Ok(out);
         }
         let entity = tx
             .entity(&cmd.ns, &cmd.entity_id)
             .await?
             .ok_or_else(|| not_found(&cmd.entity_id))?;
-        let machine = machine_in_tx(&mut *tx, &cmd.ns, &entity.kind).await?;
+        let planned = self.machine_for_write(&mut *tx, &cmd.ns, &entity.kind).await?;
         check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
         let now = tx.now();
         let snapshot = Snapshot {
@@ -198,20 +201,25 @@ impl Coordinator {
             fields: &entity.fields,
             last_activity_at: entity.last_activity_at,
         };
-        let (from, to, fields, terminal) = match plan_transition(&machine.machine, &snapshot, &cmd.ask, now)? {
-            Plan::Noop => {
+        let (from, to, fields, terminal) = match plan_transition(&planned.stored.machine, &snapshot, &cmd.ask, now) {
+            Ok(Plan::Apply {
+                from,
+                to,
+                fields,
+                terminal,
+            }) => (from, to, fields, terminal),
+            Ok(Plan::Noop) => {
+                self.confirm_refusal(&mut *tx, &cmd.ns, &entity.kind, &planned).await?;
                 return Ok(TransitionOutcome {
                     applied: false,
                     entity,
                     seqs: vec![],
                 });
             }
-            Plan::Apply {
-                from,
-                to,
-                fields,
-                terminal,
-            } => (from, to, fields, terminal),
+            Err(refusal) => {
+                self.confirm_refusal(&mut *tx, &cmd.ns, &entity.kind, &planned).await?;
+                return Err(refusal.into());
+            }
         };
         if let Some(final_seq) = entity.final_seq {
             // Unreachable with a valid machine (terminal states have no exits); I7 anyway.
@@ -226,14 +234,14 @@ impl Coordinator {
         )];
         raw.extend(
             cmd.events
-                .into_iter()
-                .map(|e| (e.event_type, e.payload, e.content_type, None)),
+                .iter()
+                .map(|e| (e.event_type.clone(), e.payload.clone(), e.content_type.clone(), None)),
         );
         if terminal {
             raw.push((
                 tape::FINAL.to_string(),
-                cmd.final_payload,
-                cmd.final_content_type,
+                cmd.final_payload.clone(),
+                cmd.final_content_type.clone(),
                 Some(to.clone()),
             ));
         }
@@ -257,8 +265,10 @@ impl Coordinator {
             entity: after,
         };
         publish_tape(&mut *tx, &cmd.ns, &out.entity.id, events).await?;
-        remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
-        tx.commit().await?;
+        remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call, &out).await?;
+        tx.commit()
+            .await
+            .map_err(|e| self.on_conflict(&cmd.ns, &out.entity.kind, e.into()))?;
         Ok(out)
     }
 }

@@ -15,6 +15,10 @@ pub enum Error {
     /// The server is draining; `last_seq` tells a stream where to resume.
     #[error("server is shutting down; retry on another replica")]
     ShuttingDown { last_seq: Option<u64> },
+    /// A premise changed under the call (its machine was redefined) and retrying inside
+    /// the server did not settle it. Nothing was written; the caller may retry.
+    #[error("{0}; nothing was written, retry")]
+    Conflict(String),
     /// A bug or corrupt data; details are logged, not sent.
     #[error("{0}")]
     Internal(String),
@@ -25,6 +29,7 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Rejected(d) => Error::Rule(d),
             StoreError::Unavailable(m) => Error::Unavailable(m),
+            StoreError::Conflict(m) => Error::Conflict(m),
             StoreError::Config(m) | StoreError::Internal(m) => Error::Internal(m),
         }
     }

@@ -91,7 +91,9 @@ impl Coordinator {
 
     async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome> {
         let call = call_id("AcquireLease", cmd.key.as_str(), &(&cmd.holder, cmd.ttl));
-        let mut tx = self.store.begin(lease_lock(&cmd.ns, &cmd.key)).await?;
+        let lock = lease_lock(&cmd.ns, &cmd.key);
+        let _turn = self.queue.turn(lock).await;
+        let mut tx = self.store.begin(lock).await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
             return Ok(out);
         }
@@ -128,7 +130,9 @@ impl Coordinator {
         rid: Option<RequestId>,
     ) -> Result<Lease> {
         let call = call_id("RenewLease", key.as_str(), &(token, ttl));
-        let mut tx = self.store.begin(lease_lock(&ns, &key)).await?;
+        let lock = lease_lock(&ns, &key);
+        let _turn = self.queue.turn(lock).await;
+        let mut tx = self.store.begin(lock).await?;
         if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
             return Ok(out);
         }
@@ -150,7 +154,9 @@ impl Coordinator {
         rid: Option<RequestId>,
     ) -> Result<bool> {
         let call = call_id("ReleaseLease", key.as_str(), &token);
-        let mut tx = self.store.begin(lease_lock(&ns, &key)).await?;
+        let lock = lease_lock(&ns, &key);
+        let _turn = self.queue.turn(lock).await;
+        let mut tx = self.store.begin(lock).await?;
         if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
             return Ok(out);
         }

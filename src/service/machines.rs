@@ -1,12 +1,13 @@
 //! DefineMachine and GetMachine. Machines live in the database, so every replica enforces
 //! the same rules.
 
-use super::{Coordinator, Result};
+use super::{Coordinator, Error, Result};
 use crate::domain::DomainError;
 use crate::domain::machine::Machine;
 use crate::domain::names::{Name, Namespace, lock_key, lock_space};
-use crate::storage::StoredMachine;
-use std::sync::Arc;
+use crate::storage::{StoredMachine, WriteTx};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// Outcome of DefineMachine.
 #[derive(Debug, Clone)]
@@ -17,7 +18,128 @@ pub struct DefineOutcome {
     pub changed: bool,
 }
 
+/// Most machines a replica keeps parsed; past this the cache starts over.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Machines this replica has read, parsed and validated, by namespace and kind, so a
+/// transition does not read and parse its machine every time. Only a hint: a write planned
+/// with a cached machine commits only while that version is still the stored one
+/// ([`WriteTx::expect_machine`]), and a refusal planned with one is checked against the
+/// stored version before it is answered.
+#[derive(Default)]
+pub struct MachineCache {
+    map: RwLock<HashMap<(Namespace, Name), StoredMachine>>,
+}
+
+impl MachineCache {
+    fn get(&self, ns: &Namespace, kind: &Name) -> Option<StoredMachine> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&(ns.clone(), kind.clone())).cloned()
+    }
+
+    fn put(&self, ns: &Namespace, m: &StoredMachine) {
+        let Ok(kind) = Name::parse("kind", m.machine.kind().to_string()) else {
+            return;
+        };
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CACHE_CAPACITY {
+            map.clear();
+        }
+        let slot = map.entry((ns.clone(), kind)).or_insert_with(|| m.clone());
+        if slot.version < m.version {
+            *slot = m.clone();
+        }
+    }
+
+    fn forget(&self, ns: &Namespace, kind: &Name) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(ns.clone(), kind.clone()));
+    }
+}
+
+/// A machine to plan a write with.
+pub(super) struct Planned {
+    /// The machine.
+    pub stored: StoredMachine,
+    /// True when it came from the cache (a refusal must be re-checked, see [`Coordinator::confirm_refusal`]).
+    pub cached: bool,
+}
+
+/// Attempts of a call whose machine keeps being redefined under it.
+const ATTEMPTS: u32 = 3;
+
 impl Coordinator {
+    /// The kind's machine for a write in `tx`: the cached copy when there is one. Either
+    /// way the commit is made conditional on its version (I4 under redefinition).
+    pub(super) async fn machine_for_write(&self, tx: &mut dyn WriteTx, ns: &Namespace, kind: &Name) -> Result<Planned> {
+        let planned = match self.machines.get(ns, kind) {
+            Some(stored) => Planned { stored, cached: true },
+            None => {
+                let stored = tx.machine(ns, kind).await?.ok_or_else(|| DomainError::NotFound {
+                    what: "machine",
+                    name: kind.to_string(),
+                })?;
+                self.machines.put(ns, &stored);
+                Planned { stored, cached: false }
+            }
+        };
+        let lock = lock_key(ns, lock_space::MACHINE, kind.as_str());
+        tx.expect_machine(lock, ns, kind, planned.stored.version)
+            .await
+            .map_err(|e| self.on_conflict(ns, kind, e.into()))?;
+        Ok(planned)
+    }
+
+    /// Before refusing a call (or answering it as a no-op) on the word of a cached machine,
+    /// checks that the machine is still current; when it is not, the call is run again.
+    pub(super) async fn confirm_refusal(
+        &self,
+        tx: &mut dyn WriteTx,
+        ns: &Namespace,
+        kind: &Name,
+        planned: &Planned,
+    ) -> Result<()> {
+        if !planned.cached {
+            return Ok(());
+        }
+        // (On Postgres this read sends the pending machine check first, which may itself
+        // report the conflict.)
+        let stored = tx
+            .machine(ns, kind)
+            .await
+            .map_err(|e| self.on_conflict(ns, kind, e.into()))?;
+        match stored {
+            Some(stored) if stored.version == planned.stored.version => Ok(()),
+            _ => Err(self.on_conflict(ns, kind, Error::Conflict(format!("machine {kind} was redefined")))),
+        }
+    }
+
+    /// Forgets a cached machine that a conflict showed to be stale.
+    pub(super) fn on_conflict(&self, ns: &Namespace, kind: &Name, e: Error) -> Error {
+        if matches!(e, Error::Conflict(_)) {
+            self.machines.forget(ns, kind);
+        }
+        e
+    }
+
+    /// Runs `call` again (from its start) while it meets a machine redefined under it.
+    pub(super) async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Err(Error::Conflict(m)) if attempt < ATTEMPTS => {
+                    tracing::debug!(conflict = %m, attempt, "machine changed during the call; running it again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Creates or replaces a machine. A redefinition may not drop a state that an entity
     /// is in. The machine's exclusive lock makes it wait for in-flight transitions of the
     /// kind (they hold it shared), and holds new ones off until it commits.
@@ -52,6 +174,7 @@ impl Coordinator {
         };
         tx.put_machine(&ns, &stored).await?;
         tx.commit().await?;
+        self.machines.put(&ns, &stored);
         Ok(DefineOutcome {
             machine: stored,
             changed: true,

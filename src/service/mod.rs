@@ -7,13 +7,15 @@ mod hub;
 mod idempotency;
 mod leases;
 mod machines;
+mod queue;
 mod tape;
 
 pub use entities::{CreateCmd, CreateOutcome, TransitionCmd, TransitionOutcome};
 pub use error::Error;
 pub use hub::Hub;
 pub use leases::{AcquireCmd, AcquireOutcome, LeaseView};
-pub use machines::DefineOutcome;
+pub use machines::{DefineOutcome, MachineCache};
+pub use queue::KeyQueue;
 pub use tape::{AppendCmd, AppendOutcome, StreamItem};
 
 use crate::storage::Store;
@@ -47,6 +49,10 @@ impl Default for ServiceConfig {
 pub struct Coordinator {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    /// Writers of one key take turns here before they take the key's database lock.
+    queue: Arc<KeyQueue>,
+    /// Parsed machines, checked at commit.
+    machines: Arc<MachineCache>,
     config: ServiceConfig,
     /// Flips to true when the server drains: streams end with UNAVAILABLE, waits stop.
     shutdown: watch::Receiver<bool>,
@@ -59,6 +65,8 @@ impl Coordinator {
         Self {
             store,
             hub,
+            queue: Arc::default(),
+            machines: Arc::default(),
             config,
             shutdown,
         }
@@ -72,6 +80,11 @@ impl Coordinator {
     /// The replica's wake-up hub.
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// The replica's per-key write queue.
+    pub fn queue(&self) -> &Arc<KeyQueue> {
+        &self.queue
     }
 
     /// Deletes expired request outcomes when this replica is the housekeeper.

@@ -67,7 +67,9 @@ impl Coordinator {
             cmd.entity_id.as_str(),
             &(&cmd.events, &cmd.fence, cmd.if_sealed),
         );
-        let mut tx = self.store.begin(entity_lock(&cmd.ns, &cmd.entity_id)).await?;
+        let lock = entity_lock(&cmd.ns, &cmd.entity_id);
+        let _turn = self.queue.turn(lock).await;
+        let mut tx = self.store.begin(lock).await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
             return Ok(out);
         }

@@ -2,12 +2,20 @@
 
 use crate::domain::DomainError;
 
+/// SQLSTATE raised by the Postgres `baton_flush` function when an expected machine
+/// version no longer holds.
+pub const MACHINE_CHANGED: &str = "BA001";
+
 /// What can go wrong in a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A rule was broken (found inside the transaction, e.g. a taken id).
     #[error(transparent)]
     Rejected(#[from] DomainError),
+    /// A premise of the transaction changed under it (a machine was redefined): nothing was
+    /// written; run the call again from the start.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The database cannot be reached or is shutting down: retry, maybe elsewhere.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -30,6 +38,8 @@ impl StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Database(db) => match db.code().as_deref() {
+                // Raised by baton_flush when a machine the transaction relied on changed.
+                Some(MACHINE_CHANGED) => StoreError::Conflict(db.message().to_string()),
                 // Postgres: connection exceptions, admin shutdown, cannot connect now,
                 // too many connections. SQLite: busy / locked.
                 Some(c) if c.starts_with("08") || c == "57P01" || c == "57P03" || c == "53300" => {

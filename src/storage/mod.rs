@@ -114,45 +114,100 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// One write of a transaction. Postgres sends a transaction's writes to the database
+/// together, with its commit, in one round trip; SQLite runs each at once.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    /// Stores the outcome of a request id.
+    Request {
+        ns: &'a Namespace,
+        rid: &'a RequestId,
+        method: &'a str,
+        outcome: &'a str,
+    },
+    /// Writes a key's lease (creating the row on first grant).
+    Lease { ns: &'a Namespace, lease: &'a Lease },
+    /// Ends a key's lease, keeping its token counter.
+    EndLease { ns: &'a Namespace, key: &'a LeaseKey },
+    /// Creates or replaces a kind's machine.
+    Machine { ns: &'a Namespace, m: &'a StoredMachine },
+    /// Inserts a new entity; `AlreadyExists` (at the latest on commit) when the id is taken.
+    InsertEntity { ns: &'a Namespace, e: &'a Entity },
+    /// Saves an entity's state, version, fields, times and tape head.
+    UpdateEntity { ns: &'a Namespace, e: &'a Entity },
+    /// Appends numbered events.
+    Events {
+        ns: &'a Namespace,
+        id: &'a EntityId,
+        events: &'a [StoredEvent],
+    },
+}
+
 /// One write transaction. Dropping it without [`WriteTx::commit`] rolls back.
 #[async_trait]
 pub trait WriteTx: Send {
     /// Store time, read once the transaction's lock was held.
     fn now(&self) -> Timestamp;
-    /// Takes a shared lock on `lock_key` for the rest of the transaction (readers of a
-    /// machine take it so a redefinition, which takes it exclusively, waits for them).
-    async fn lock_shared(&mut self, lock_key: i64) -> Result<()>;
+    /// Makes the commit conditional on `kind`'s machine still being at `version`, holding
+    /// the machine's lock shared from then to the commit (a redefinition takes it
+    /// exclusively, so it cannot remove a state under this transaction). When the machine
+    /// changed, this call or the commit fails with [`StoreError::Conflict`].
+    async fn expect_machine(&mut self, lock_key: i64, ns: &Namespace, kind: &Name, version: u64) -> Result<()>;
     /// The stored outcome of `rid`: (method, JSON).
     async fn request(&mut self, ns: &Namespace, rid: &RequestId) -> Result<Option<(String, String)>>;
-    /// Stores the outcome of `rid`.
-    async fn put_request(&mut self, ns: &Namespace, rid: &RequestId, method: &str, outcome: &str) -> Result<()>;
     /// A key's lease row. With `share`, a concurrent acquire of the key waits for this
     /// transaction (a fenced write and a takeover cannot interleave, I3).
     async fn lease_row(&mut self, ns: &Namespace, key: &LeaseKey, share: bool) -> Result<Option<LeaseRow>>;
-    /// Writes the key's lease (creating the row on first grant).
-    async fn put_lease(&mut self, ns: &Namespace, lease: &Lease) -> Result<()>;
-    /// Ends the key's lease, keeping its token counter.
-    async fn end_lease(&mut self, ns: &Namespace, key: &LeaseKey) -> Result<()>;
     /// A kind's machine.
     async fn machine(&mut self, ns: &Namespace, kind: &Name) -> Result<Option<StoredMachine>>;
-    /// Creates or replaces a kind's machine.
-    async fn put_machine(&mut self, ns: &Namespace, m: &StoredMachine) -> Result<()>;
     /// One of `states` that some entity of `kind` is in, if any.
     async fn state_in_use(&mut self, ns: &Namespace, kind: &Name, states: &[&str]) -> Result<Option<String>>;
     /// One entity.
     async fn entity(&mut self, ns: &Namespace, id: &EntityId) -> Result<Option<Entity>>;
     /// The entity holding a dedup key.
     async fn entity_by_dedup(&mut self, ns: &Namespace, kind: &Name, dedup: &DedupKey) -> Result<Option<Entity>>;
-    /// Inserts a new entity; `AlreadyExists` when the id is taken.
-    async fn insert_entity(&mut self, ns: &Namespace, e: &Entity) -> Result<()>;
-    /// Saves an entity's state, version, fields, times and tape head.
-    async fn update_entity(&mut self, ns: &Namespace, e: &Entity) -> Result<()>;
-    /// Appends numbered events.
-    async fn insert_events(&mut self, ns: &Namespace, id: &EntityId, events: &[StoredEvent]) -> Result<()>;
+    /// One write (see [`Write`]); it is part of the commit, and visible to later reads of
+    /// this transaction.
+    async fn write(&mut self, w: Write<'_>) -> Result<()>;
     /// Announces a change to every replica once the transaction commits.
     async fn publish(&mut self, change: Change) -> Result<()>;
     /// Commits.
     async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Stores the outcome of `rid`.
+    async fn put_request(&mut self, ns: &Namespace, rid: &RequestId, method: &str, outcome: &str) -> Result<()> {
+        self.write(Write::Request {
+            ns,
+            rid,
+            method,
+            outcome,
+        })
+        .await
+    }
+    /// Writes the key's lease (creating the row on first grant).
+    async fn put_lease(&mut self, ns: &Namespace, lease: &Lease) -> Result<()> {
+        self.write(Write::Lease { ns, lease }).await
+    }
+    /// Ends the key's lease, keeping its token counter.
+    async fn end_lease(&mut self, ns: &Namespace, key: &LeaseKey) -> Result<()> {
+        self.write(Write::EndLease { ns, key }).await
+    }
+    /// Creates or replaces a kind's machine.
+    async fn put_machine(&mut self, ns: &Namespace, m: &StoredMachine) -> Result<()> {
+        self.write(Write::Machine { ns, m }).await
+    }
+    /// Inserts a new entity.
+    async fn insert_entity(&mut self, ns: &Namespace, e: &Entity) -> Result<()> {
+        self.write(Write::InsertEntity { ns, e }).await
+    }
+    /// Saves an entity.
+    async fn update_entity(&mut self, ns: &Namespace, e: &Entity) -> Result<()> {
+        self.write(Write::UpdateEntity { ns, e }).await
+    }
+    /// Appends numbered events.
+    async fn insert_events(&mut self, ns: &Namespace, id: &EntityId, events: &[StoredEvent]) -> Result<()> {
+        self.write(Write::Events { ns, id, events }).await
+    }
 }
 
 /// Opens the store a database URL names: `postgres://…` / `postgresql://…` or

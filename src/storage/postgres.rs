@@ -3,13 +3,14 @@
 //! themselves with `NOTIFY`, and one `LISTEN` connection per replica hears every replica.
 
 use super::rows::{self, impl_store, impl_write_tx};
-use super::{Backend, Change, Result, StoreError, StoredMachine};
+use super::{Backend, Change, Result, StoreError, StoredMachine, Write};
 use crate::domain::entity::Entity;
-use crate::domain::lease::{Lease, LeaseRow};
+use crate::domain::lease::LeaseRow;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
 use crate::domain::tape::StoredEvent;
 use crate::domain::time::{Clock, Timestamp};
 use base64::Engine;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres};
 use std::str::FromStr;
@@ -81,15 +82,17 @@ impl PgStore {
     }
 
     async fn begin_impl(&self, lock_key: i64) -> Result<PgTx> {
-        let mut tx = self.write_pool.begin().await?;
-        let (now,): (i64,) = sqlx::query_as("SELECT baton_lock_now($1, $2)")
-            .bind(lock_key)
-            .bind(self.clock.skew_micros())
-            .fetch_one(&mut *tx)
-            .await?;
+        let mut conn = TxConn(Some(self.write_pool.acquire().await?));
+        // One round trip: open the transaction, wait for the key's lock, then read the clock.
+        // Both values are integers, so writing them into the text is safe.
+        let begin = format!("BEGIN; SELECT baton_lock_now({lock_key}, {})", self.clock.skew_micros());
+        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).fetch_one(conn.get()?).await?;
+        let now: i64 = sqlx::Row::try_get(&row, 0)?;
         Ok(PgTx {
-            tx,
+            tx: conn,
             now: Timestamp(now),
+            ops: Vec::new(),
+            inserts: Vec::new(),
         })
     }
 
@@ -133,18 +136,144 @@ impl_store!(PgStore, Postgres, Backend::Postgres, |n| format!(
     "(fields::jsonb ->> ${n}) IS NOT NULL"
 ));
 
-/// A Postgres write transaction.
+/// A pooled connection inside an open transaction. Dropped before commit (an error, a
+/// rejected call, a cancelled request), it rolls back before the pool may reuse it, and
+/// is closed instead when even that fails.
+struct TxConn(Option<PoolConnection<Postgres>>);
+
+impl TxConn {
+    fn get(&mut self) -> Result<&mut PgConnection> {
+        // Only `finish` empties it, and that consumes the transaction.
+        self.0
+            .as_deref_mut()
+            .ok_or_else(|| StoreError::Internal("transaction already finished".into()))
+    }
+
+    /// The transaction ended (committed): the connection may go back to the pool.
+    fn finish(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            tokio::spawn(async move {
+                if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    conn.close_on_drop();
+                }
+            });
+        }
+    }
+}
+
+/// A Postgres write transaction. Its writes are collected and sent with the commit, as one
+/// `baton_flush` call in the same round trip as `COMMIT`: a write costs no round trip of
+/// its own. A read after a write sends the writes first, so reads see them.
 pub struct PgTx {
-    tx: sqlx::Transaction<'static, Postgres>,
+    tx: TxConn,
     now: Timestamp,
+    /// Writes not yet sent, as `baton_flush` operations.
+    ops: Vec<serde_json::Value>,
+    /// Entities inserted by the pending writes (to name a taken id).
+    inserts: Vec<EntityId>,
 }
 
 impl PgTx {
-    async fn lock_shared_impl(&mut self, lock_key: i64) -> Result<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-            .bind(lock_key)
-            .execute(&mut *self.tx)
-            .await?;
+    /// The connection to read on, once the pending writes are applied.
+    async fn reader(&mut self) -> Result<&mut PgConnection> {
+        if !self.ops.is_empty() {
+            let ops = self.take_ops();
+            let res = sqlx::query("SELECT baton_flush($1::json)")
+                .bind(ops)
+                .execute(self.tx.get()?)
+                .await;
+            self.classify(res)?;
+        }
+        self.tx.get()
+    }
+
+    fn take_ops(&mut self) -> String {
+        serde_json::Value::Array(std::mem::take(&mut self.ops)).to_string()
+    }
+
+    fn classify<T>(&mut self, res: std::result::Result<T, sqlx::Error>) -> Result<T> {
+        let inserted = std::mem::take(&mut self.inserts).pop();
+        res.map_err(|err| {
+            let taken = match &err {
+                sqlx::Error::Database(db) => matches!(db.constraint(), Some("entities_pkey" | "entities_dedup")),
+                _ => false,
+            };
+            match inserted {
+                // The service inserts one entity per transaction, so this names it.
+                Some(id) if taken => StoreError::Rejected(crate::domain::DomainError::AlreadyExists {
+                    what: "entity",
+                    name: id.to_string(),
+                }),
+                _ => err.into(),
+            }
+        })
+    }
+
+    async fn expect_machine_impl(&mut self, lock_key: i64, ns: &Namespace, kind: &Name, version: u64) -> Result<()> {
+        // Checked at commit, under the machine's shared lock (see baton_flush).
+        self.ops.push(serde_json::json!({
+            "op": "machine_is", "lock": lock_key, "ns": ns.as_str(), "kind": kind.as_str(), "version": version,
+        }));
+        Ok(())
+    }
+
+    async fn write_impl(&mut self, w: Write<'_>) -> Result<()> {
+        use serde_json::json;
+        let op = match w {
+            Write::Request {
+                ns,
+                rid,
+                method,
+                outcome,
+            } => json!({
+                "op": "request", "ns": ns.as_str(), "rid": rid.as_str(), "method": method,
+                "outcome": outcome, "at": self.now.0,
+            }),
+            Write::Lease { ns, lease } => json!({
+                "op": "lease", "ns": ns.as_str(), "key": lease.key.as_str(), "token": lease.token.0,
+                "holder": lease.holder.as_str(), "acquired": lease.acquired_at.0, "expires": lease.expires_at.0,
+            }),
+            Write::EndLease { ns, key } => json!({ "op": "end_lease", "ns": ns.as_str(), "key": key.as_str() }),
+            Write::Machine { ns, m } => json!({
+                "op": "machine", "ns": ns.as_str(), "kind": m.machine.kind(), "version": m.version,
+                "spec": rows::machine_json(m)?, "at": m.defined_at.0,
+            }),
+            Write::InsertEntity { ns, e } => {
+                self.inserts.push(e.id.clone());
+                json!({
+                    "op": "insert_entity", "ns": ns.as_str(), "id": e.id.as_str(), "kind": e.kind.as_str(),
+                    "state": e.state, "version": e.version, "fields": rows::fields_json(&e.fields),
+                    "dedup": e.dedup_key.as_ref().map(|d| d.as_str()), "created": e.created_at.0,
+                    "updated": e.updated_at.0, "activity": e.last_activity_at.0, "last_seq": e.last_seq,
+                    "final_seq": e.final_seq,
+                })
+            }
+            Write::UpdateEntity { ns, e } => json!({
+                "op": "update_entity", "ns": ns.as_str(), "id": e.id.as_str(), "state": e.state,
+                "version": e.version, "fields": rows::fields_json(&e.fields), "updated": e.updated_at.0,
+                "activity": e.last_activity_at.0, "last_seq": e.last_seq, "final_seq": e.final_seq,
+            }),
+            Write::Events { ns, id, events } => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let ev: Vec<_> = events
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "seq": e.seq, "type": e.event_type, "ct": e.content_type,
+                            "payload": b64.encode(&e.payload), "state": e.state, "at": e.created_at.0,
+                        })
+                    })
+                    .collect();
+                json!({ "op": "events", "ns": ns.as_str(), "id": id.as_str(), "events": ev })
+            }
+        };
+        self.ops.push(op);
         Ok(())
     }
 
@@ -163,18 +292,34 @@ impl PgTx {
             Change::Resync => return Ok(()),
         };
         // Delivered by Postgres at commit, in commit order, to every listening replica.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(channel)
-            .bind(payload)
-            .execute(&mut *self.tx)
-            .await?;
+        self.ops
+            .push(serde_json::json!({ "op": "notify", "channel": channel, "payload": payload }));
         Ok(())
     }
 
-    async fn commit_impl(self) -> Result<()> {
-        self.tx.commit().await?;
+    async fn commit_impl(mut self) -> Result<()> {
+        let sql = if self.ops.is_empty() {
+            "COMMIT".to_string()
+        } else {
+            let ops = self.take_ops();
+            let tag = dollar_tag(&ops);
+            format!("SELECT baton_flush({tag}{ops}{tag}::json); COMMIT")
+        };
+        let res = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(self.tx.get()?).await;
+        self.classify(res)?;
+        let PgTx { tx, .. } = self;
+        tx.finish();
         Ok(())
     }
+}
+
+/// A dollar-quote tag that does not occur in `text`, so `text` can be sent as a literal
+/// with no escaping at all (`$tag$...$tag$` quoting has no escape characters).
+fn dollar_tag(text: &str) -> String {
+    (0u32..)
+        .map(|n| format!("$b{n}$"))
+        .find(|tag| !text.contains(tag.as_str()))
+        .unwrap_or_default()
 }
 
 impl_write_tx!(

@@ -62,6 +62,19 @@ pub const SELECT_EVENTS: &str = "SELECT seq, type, content_type, payload, state,
 pub const INSERT_EVENTS_PREFIX: &str =
     "INSERT INTO events (namespace, entity_id, seq, type, content_type, payload, state, created_at_us) ";
 
+/// A failed write, classified: a taken entity id is the caller's mistake, not ours.
+pub fn write_error(err: sqlx::Error, w: super::Write<'_>) -> StoreError {
+    match w {
+        super::Write::InsertEntity { e, .. } if StoreError::is_unique_violation(&err) => {
+            StoreError::Rejected(crate::domain::DomainError::AlreadyExists {
+                what: "entity",
+                name: e.id.to_string(),
+            })
+        }
+        _ => err.into(),
+    }
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("corrupt {what} row: {e}"))
 }
@@ -170,10 +183,11 @@ pub fn list_sql(q: &super::ListQuery, presence: impl Fn(usize) -> String) -> Str
     sql
 }
 
-/// Generates the [`super::WriteTx`] impl shared by both backends. The backend's type must
-/// have fields `tx: sqlx::Transaction<'static, $db>` and `now: Timestamp`, and inherent
-/// methods `lock_shared_impl`, `publish_impl`, `commit_impl`. `$lease_share_sql` is the
-/// backend's "read the lease row and hold off takeovers" statement.
+/// Generates the [`super::WriteTx`] impl shared by both backends: the reads, which are the
+/// same SQL on both. The backend's type must have a field `now: Timestamp` and inherent
+/// methods `reader` (the connection to read on, with this transaction's writes applied),
+/// `expect_machine_impl`, `write_impl`, `publish_impl` and `commit_impl`.
+/// `$lease_share_sql` is the backend's "read the lease row and hold off takeovers" statement.
 macro_rules! impl_write_tx {
     ($ty:ty, $db:ty, $lease_share_sql:expr) => {
         #[async_trait::async_trait]
@@ -182,8 +196,14 @@ macro_rules! impl_write_tx {
                 self.now
             }
 
-            async fn lock_shared(&mut self, lock_key: i64) -> $crate::storage::Result<()> {
-                self.lock_shared_impl(lock_key).await
+            async fn expect_machine(
+                &mut self,
+                lock_key: i64,
+                ns: &Namespace,
+                kind: &Name,
+                version: u64,
+            ) -> $crate::storage::Result<()> {
+                self.expect_machine_impl(lock_key, ns, kind, version).await
             }
 
             async fn request(
@@ -194,26 +214,8 @@ macro_rules! impl_write_tx {
                 Ok(sqlx::query_as::<$db, (String, String)>(rows::SELECT_REQUEST)
                     .bind(ns.as_str())
                     .bind(rid.as_str())
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.reader().await?)
                     .await?)
-            }
-
-            async fn put_request(
-                &mut self,
-                ns: &Namespace,
-                rid: &RequestId,
-                method: &str,
-                outcome: &str,
-            ) -> $crate::storage::Result<()> {
-                sqlx::query::<$db>(rows::INSERT_REQUEST)
-                    .bind(ns.as_str())
-                    .bind(rid.as_str())
-                    .bind(method)
-                    .bind(outcome)
-                    .bind(self.now.0)
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(())
             }
 
             async fn lease_row(
@@ -230,54 +232,20 @@ macro_rules! impl_write_tx {
                 sqlx::query_as::<$db, rows::LeaseTuple>(sql)
                     .bind(ns.as_str())
                     .bind(key.as_str())
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.reader().await?)
                     .await?
                     .map(rows::lease_row)
                     .transpose()
-            }
-
-            async fn put_lease(&mut self, ns: &Namespace, lease: &Lease) -> $crate::storage::Result<()> {
-                sqlx::query::<$db>(rows::UPSERT_LEASE)
-                    .bind(ns.as_str())
-                    .bind(lease.key.as_str())
-                    .bind(rows::to_i64(lease.token.0))
-                    .bind(lease.holder.as_str())
-                    .bind(lease.acquired_at.0)
-                    .bind(lease.expires_at.0)
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(())
-            }
-
-            async fn end_lease(&mut self, ns: &Namespace, key: &LeaseKey) -> $crate::storage::Result<()> {
-                sqlx::query::<$db>(rows::END_LEASE)
-                    .bind(ns.as_str())
-                    .bind(key.as_str())
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(())
             }
 
             async fn machine(&mut self, ns: &Namespace, kind: &Name) -> $crate::storage::Result<Option<StoredMachine>> {
                 sqlx::query_as::<$db, rows::MachineTuple>(rows::SELECT_MACHINE)
                     .bind(ns.as_str())
                     .bind(kind.as_str())
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.reader().await?)
                     .await?
                     .map(rows::machine)
                     .transpose()
-            }
-
-            async fn put_machine(&mut self, ns: &Namespace, m: &StoredMachine) -> $crate::storage::Result<()> {
-                sqlx::query::<$db>(rows::UPSERT_MACHINE)
-                    .bind(ns.as_str())
-                    .bind(m.machine.kind())
-                    .bind(rows::to_i64(m.version))
-                    .bind(rows::machine_json(m)?)
-                    .bind(m.defined_at.0)
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(())
             }
 
             async fn state_in_use(
@@ -291,7 +259,7 @@ macro_rules! impl_write_tx {
                         .bind(ns.as_str())
                         .bind(kind.as_str())
                         .bind(*state)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.reader().await?)
                         .await?;
                     if let Some((s,)) = found {
                         return Ok(Some(s));
@@ -304,7 +272,7 @@ macro_rules! impl_write_tx {
                 sqlx::query_as::<$db, rows::EntityTuple>(rows::SELECT_ENTITY)
                     .bind(ns.as_str())
                     .bind(id.as_str())
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.reader().await?)
                     .await?
                     .map(rows::entity)
                     .transpose()
@@ -320,78 +288,14 @@ macro_rules! impl_write_tx {
                     .bind(ns.as_str())
                     .bind(kind.as_str())
                     .bind(dedup.as_str())
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.reader().await?)
                     .await?
                     .map(rows::entity)
                     .transpose()
             }
 
-            async fn insert_entity(&mut self, ns: &Namespace, e: &Entity) -> $crate::storage::Result<()> {
-                let res = sqlx::query::<$db>(rows::INSERT_ENTITY)
-                    .bind(ns.as_str())
-                    .bind(e.id.as_str())
-                    .bind(e.kind.as_str())
-                    .bind(e.state.as_str())
-                    .bind(rows::to_i64(e.version))
-                    .bind(rows::fields_json(&e.fields))
-                    .bind(e.dedup_key.as_ref().map(|d| d.as_str().to_string()))
-                    .bind(e.created_at.0)
-                    .bind(e.updated_at.0)
-                    .bind(e.last_activity_at.0)
-                    .bind(rows::to_i64(e.last_seq))
-                    .bind(e.final_seq.map(rows::to_i64))
-                    .execute(&mut *self.tx)
-                    .await;
-                match res {
-                    Ok(_) => Ok(()),
-                    Err(err) if StoreError::is_unique_violation(&err) => {
-                        Err(StoreError::Rejected($crate::domain::DomainError::AlreadyExists {
-                            what: "entity",
-                            name: e.id.to_string(),
-                        }))
-                    }
-                    Err(err) => Err(err.into()),
-                }
-            }
-
-            async fn update_entity(&mut self, ns: &Namespace, e: &Entity) -> $crate::storage::Result<()> {
-                sqlx::query::<$db>(rows::UPDATE_ENTITY)
-                    .bind(ns.as_str())
-                    .bind(e.id.as_str())
-                    .bind(e.state.as_str())
-                    .bind(rows::to_i64(e.version))
-                    .bind(rows::fields_json(&e.fields))
-                    .bind(e.updated_at.0)
-                    .bind(e.last_activity_at.0)
-                    .bind(rows::to_i64(e.last_seq))
-                    .bind(e.final_seq.map(rows::to_i64))
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(())
-            }
-
-            async fn insert_events(
-                &mut self,
-                ns: &Namespace,
-                id: &EntityId,
-                events: &[StoredEvent],
-            ) -> $crate::storage::Result<()> {
-                if events.is_empty() {
-                    return Ok(());
-                }
-                let mut qb = sqlx::QueryBuilder::<$db>::new(rows::INSERT_EVENTS_PREFIX);
-                qb.push_values(events, |mut b, ev| {
-                    b.push_bind(ns.as_str().to_string())
-                        .push_bind(id.as_str().to_string())
-                        .push_bind(rows::to_i64(ev.seq))
-                        .push_bind(ev.event_type.clone())
-                        .push_bind(ev.content_type.clone())
-                        .push_bind(ev.payload.clone())
-                        .push_bind(ev.state.clone())
-                        .push_bind(ev.created_at.0);
-                });
-                qb.build().execute(&mut *self.tx).await?;
-                Ok(())
+            async fn write(&mut self, w: $crate::storage::Write<'_>) -> $crate::storage::Result<()> {
+                self.write_impl(w).await
             }
 
             async fn publish(&mut self, change: $crate::storage::Change) -> $crate::storage::Result<()> {

@@ -3,14 +3,14 @@
 //! `BEGIN IMMEDIATE` takes the database write lock up front. Wake-ups are in-process.
 
 use super::rows::{self, impl_store, impl_write_tx};
-use super::{Backend, Change, Result, StoreError, StoredMachine};
+use super::{Backend, Change, Result, StoreError, StoredMachine, Write};
 use crate::domain::entity::Entity;
-use crate::domain::lease::{Lease, LeaseRow};
+use crate::domain::lease::LeaseRow;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
 use crate::domain::tape::StoredEvent;
 use crate::domain::time::{Clock, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -93,8 +93,98 @@ pub struct SqliteTx {
 }
 
 impl SqliteTx {
-    async fn lock_shared_impl(&mut self, _lock_key: i64) -> Result<()> {
-        Ok(())
+    async fn reader(&mut self) -> Result<&mut SqliteConnection> {
+        Ok(&mut *self.tx)
+    }
+
+    async fn expect_machine_impl(&mut self, _lock_key: i64, ns: &Namespace, kind: &Name, version: u64) -> Result<()> {
+        // One writer at a time: nothing can change the machine before this commits.
+        let stored: Option<(i64,)> = sqlx::query_as("SELECT version FROM machines WHERE namespace = $1 AND kind = $2")
+            .bind(ns.as_str())
+            .bind(kind.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        match stored {
+            Some((v,)) if v == rows::to_i64(version) => Ok(()),
+            _ => Err(StoreError::Conflict(format!(
+                "machine {kind} is no longer at version {version}"
+            ))),
+        }
+    }
+
+    async fn write_impl(&mut self, w: Write<'_>) -> Result<()> {
+        let query = match w {
+            Write::Request {
+                ns,
+                rid,
+                method,
+                outcome,
+            } => sqlx::query(rows::INSERT_REQUEST)
+                .bind(ns.as_str())
+                .bind(rid.as_str())
+                .bind(method)
+                .bind(outcome)
+                .bind(self.now.0),
+            Write::Lease { ns, lease } => sqlx::query(rows::UPSERT_LEASE)
+                .bind(ns.as_str())
+                .bind(lease.key.as_str())
+                .bind(rows::to_i64(lease.token.0))
+                .bind(lease.holder.as_str())
+                .bind(lease.acquired_at.0)
+                .bind(lease.expires_at.0),
+            Write::EndLease { ns, key } => sqlx::query(rows::END_LEASE).bind(ns.as_str()).bind(key.as_str()),
+            Write::Machine { ns, m } => sqlx::query(rows::UPSERT_MACHINE)
+                .bind(ns.as_str())
+                .bind(m.machine.kind())
+                .bind(rows::to_i64(m.version))
+                .bind(rows::machine_json(m)?)
+                .bind(m.defined_at.0),
+            Write::InsertEntity { ns, e } => sqlx::query(rows::INSERT_ENTITY)
+                .bind(ns.as_str())
+                .bind(e.id.as_str())
+                .bind(e.kind.as_str())
+                .bind(e.state.as_str())
+                .bind(rows::to_i64(e.version))
+                .bind(rows::fields_json(&e.fields))
+                .bind(e.dedup_key.as_ref().map(|d| d.as_str()))
+                .bind(e.created_at.0)
+                .bind(e.updated_at.0)
+                .bind(e.last_activity_at.0)
+                .bind(rows::to_i64(e.last_seq))
+                .bind(e.final_seq.map(rows::to_i64)),
+            Write::UpdateEntity { ns, e } => sqlx::query(rows::UPDATE_ENTITY)
+                .bind(ns.as_str())
+                .bind(e.id.as_str())
+                .bind(e.state.as_str())
+                .bind(rows::to_i64(e.version))
+                .bind(rows::fields_json(&e.fields))
+                .bind(e.updated_at.0)
+                .bind(e.last_activity_at.0)
+                .bind(rows::to_i64(e.last_seq))
+                .bind(e.final_seq.map(rows::to_i64)),
+            Write::Events { ns, id, events } => {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = sqlx::QueryBuilder::<Sqlite>::new(rows::INSERT_EVENTS_PREFIX);
+                qb.push_values(events, |mut b, ev| {
+                    b.push_bind(ns.as_str())
+                        .push_bind(id.as_str())
+                        .push_bind(rows::to_i64(ev.seq))
+                        .push_bind(ev.event_type.as_str())
+                        .push_bind(ev.content_type.as_str())
+                        .push_bind(ev.payload.as_slice())
+                        .push_bind(ev.state.as_deref());
+                    b.push_bind(ev.created_at.0);
+                });
+                qb.build().execute(&mut *self.tx).await?;
+                return Ok(());
+            }
+        };
+        match query.execute(&mut *self.tx).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(rows::write_error(err, w)),
+        }
     }
 
     async fn publish_impl(&mut self, change: Change) -> Result<()> {

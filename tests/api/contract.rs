@@ -14,6 +14,21 @@ use baton::storage::{self, Change, ListQuery, Store, StoreError, StoredMachine};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The error a write meets: from the write itself, or at the latest from the commit (the
+/// Postgres store sends a transaction's writes with its commit). Consumes the transaction.
+macro_rules! refused {
+    ($tx:ident, $write:expr) => {{
+        let first = $write.await;
+        match first {
+            Err(e) => {
+                drop($tx);
+                e
+            }
+            Ok(()) => $tx.commit().await.expect_err("the write or its commit is refused"),
+        }
+    }};
+}
+
 async fn store(db: &TestDb, clock: Clock) -> Arc<dyn Store> {
     storage::connect(&db.url, clock, 4).await.expect("store connects")
 }
@@ -49,6 +64,21 @@ fn entity(id: &str, dedup: Option<&str>, now: Timestamp) -> Entity {
         last_activity_at: now,
         last_seq: 0,
         final_seq: None,
+    }
+}
+
+/// Version 1 of examples/machines.toml's `task`.
+fn task_machine(now: Timestamp) -> StoredMachine {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
+    let spec = parse_machines_toml(&text)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.kind == "task")
+        .unwrap();
+    StoredMachine {
+        machine: Arc::new(Machine::parse(spec).unwrap()),
+        version: 1,
+        defined_at: now,
     }
 }
 
@@ -104,23 +134,18 @@ async fn entities_ids_and_dedup_keys_are_unique(backend: Backend) {
     let mut tx = s.begin(1).await.unwrap();
     let now = tx.now();
     tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
-    let err = tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap_err();
+    let err = refused!(tx, tx.insert_entity(&ns(), &entity("e1", None, now)));
     assert!(
         matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })),
         "{err:?}"
     );
-    drop(tx);
     let mut tx = s.begin(1).await.unwrap();
     tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
-    let err = tx
-        .insert_entity(&ns(), &entity("e2", Some("d"), now))
-        .await
-        .unwrap_err();
+    let err = refused!(tx, tx.insert_entity(&ns(), &entity("e2", Some("d"), now)));
     assert!(
         matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })),
         "dedup index: {err:?}"
     );
-    drop(tx);
     let mut tx = s.begin(1).await.unwrap();
     tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
     let kind = Name::parse("k", "task".into()).unwrap();
@@ -180,10 +205,9 @@ async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
     assert_eq!(got, (5, 5));
     // I6/I7 in the schema itself: no seq twice, no second final.
     let mut tx = s.begin(1).await.unwrap();
-    assert!(tx.insert_events(&ns(), &id, &[event(3, "p", now)]).await.is_err());
-    drop(tx);
+    refused!(tx, tx.insert_events(&ns(), &id, &[event(3, "p", now)]));
     let mut tx = s.begin(1).await.unwrap();
-    assert!(tx.insert_events(&ns(), &id, &[event(6, "final", now)]).await.is_err());
+    refused!(tx, tx.insert_events(&ns(), &id, &[event(6, "final", now)]));
 }
 
 async fn request_outcomes_are_recorded_and_purged(backend: Backend) {
@@ -199,11 +223,8 @@ async fn request_outcomes_are_recorded_and_purged(backend: Backend) {
         tx.request(&ns(), &rid).await.unwrap(),
         Some(("M".into(), "{\"a\":1}".into()))
     );
-    assert!(
-        tx.put_request(&ns(), &rid, "M", "{}").await.is_err(),
-        "one outcome per request id"
-    );
-    drop(tx);
+    // One outcome per request id.
+    refused!(tx, tx.put_request(&ns(), &rid, "M", "{}"));
     assert!(s.is_housekeeper().await.unwrap());
     clock.advance(Duration::from_secs(10));
     assert_eq!(s.purge_requests(s.now().await.unwrap()).await.unwrap(), 1);
@@ -212,20 +233,10 @@ async fn request_outcomes_are_recorded_and_purged(backend: Backend) {
 async fn machines_and_listing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
-    let spec = parse_machines_toml(&text)
-        .unwrap()
-        .into_iter()
-        .find(|m| m.kind == "task")
-        .unwrap();
     let kind = Name::parse("k", "task".into()).unwrap();
     let mut tx = s.begin(1).await.unwrap();
     let now = tx.now();
-    let m = StoredMachine {
-        machine: Arc::new(Machine::parse(spec).unwrap()),
-        version: 1,
-        defined_at: now,
-    };
+    let m = task_machine(now);
     tx.put_machine(&ns(), &m).await.unwrap();
     for (i, state) in ["pending", "running", "running"].iter().enumerate() {
         let mut e = entity(&format!("e{i}"), None, now);
@@ -280,6 +291,39 @@ async fn machines_and_listing(backend: Backend) {
     );
 }
 
+async fn commits_are_conditional_on_the_expected_machine(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let kind = Name::parse("k", "task".into()).unwrap();
+    let lock = lock_key(&ns(), lock_space::MACHINE, "task");
+    let mut tx = s.begin(lock).await.unwrap();
+    let now = tx.now();
+    tx.put_machine(&ns(), &task_machine(now)).await.unwrap();
+    tx.commit().await.unwrap();
+    // Planned with the current version: commits.
+    let mut tx = s.begin(1).await.unwrap();
+    tx.expect_machine(lock, &ns(), &kind, 1).await.unwrap();
+    tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap();
+    tx.commit().await.unwrap();
+    // Planned with a version that is no longer current: nothing is written.
+    let mut tx = s.begin(1).await.unwrap();
+    tx.insert_entity(&ns(), &entity("e2", None, now)).await.unwrap();
+    let err = refused!(tx, tx.expect_machine(lock, &ns(), &kind, 7));
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        s.entity(&ns(), &EntityId::parse("e", "e2".into()).unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.entity(&ns(), &EntityId::parse("e", "e1".into()).unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 async fn writers_of_one_key_serialize(backend: Backend) {
     // 16 concurrent read-modify-write increments of one counter, each in its own
     // transaction under the key's lock: none may be lost.
@@ -328,6 +372,7 @@ both_backends!(
     events_read_back_in_seq_order_and_one_final,
     request_outcomes_are_recorded_and_purged,
     machines_and_listing,
+    commits_are_conditional_on_the_expected_machine,
     writers_of_one_key_serialize,
     clock_skew_is_store_time,
 );

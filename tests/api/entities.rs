@@ -294,11 +294,9 @@ async fn i10_transition_retry_applies_once(backend: Backend) {
     assert_eq!(a.entity.unwrap().id, b.entity.unwrap().id);
 }
 
-/// Invalid machines are refused naming the rule; redefinition may not drop a state in use.
-async fn machine_rules_are_validated(backend: Backend) {
-    let (_db, app) = spawn_app(backend).await;
-    let mut c = app.client().await;
-    let mut spec = c
+/// The stored `task` machine: its version and spec.
+async fn task_spec(c: &mut Client) -> (u64, proto::MachineSpec) {
+    let m = c
         .get_machine(proto::GetMachineRequest {
             namespace: NS.into(),
             kind: "task".into(),
@@ -308,8 +306,15 @@ async fn machine_rules_are_validated(backend: Backend) {
         .into_inner()
         .machine
         .unwrap();
-    assert_eq!(spec.version, 1);
-    let mut s = spec.spec.take().unwrap();
+    (m.version, m.spec.unwrap())
+}
+
+/// Invalid machines are refused naming the rule; redefinition may not drop a state in use.
+async fn machine_rules_are_validated(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = app.client().await;
+    let (version, mut s) = task_spec(&mut c).await;
+    assert_eq!(version, 1);
     let define = |s: proto::MachineSpec| proto::DefineMachineRequest {
         namespace: NS.into(),
         spec: Some(s),
@@ -543,3 +548,44 @@ async fn random_walk_keeps_field_rules_and_counts_versions(backend: Backend) {
 }
 
 both_backends!(random_walk_keeps_field_rules_and_counts_versions);
+
+/// A replica plans transitions with the machines it has cached; a redefinition made on
+/// another replica takes effect there at once: a refusal by the stale copy is re-checked
+/// (a newly added transition applies), and a write planned with it is not committed (a
+/// removed transition is refused, nothing written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redefinition_on_another_replica_applies_at_once() {
+    let (_db, a, b) = spawn_two_replicas().await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    for id in ["m1", "m2"] {
+        create(&mut ca, "task", id).await;
+        transition(&mut ca, id, "start").await; // A now has task v1 cached
+    }
+    let (_, v1) = task_spec(&mut cb).await;
+    let define = |s: proto::MachineSpec| proto::DefineMachineRequest {
+        namespace: NS.into(),
+        spec: Some(s),
+    };
+    let mut v2 = v1.clone();
+    v2.transitions.push(proto::TransitionSpec {
+        name: "requeue".into(),
+        from: vec!["running".into()],
+        to: "pending".into(),
+        ..Default::default()
+    });
+    cb.define_machine(define(v2)).await.unwrap();
+    // Unknown to A's cached v1, known to the stored v2: applies.
+    let r = ca.transition(tr("m1", "requeue")).await.unwrap().into_inner();
+    assert!(r.applied);
+    assert_eq!(r.entity.unwrap().state, "pending");
+    // v3 drops `requeue` again; A's cached v2 would allow it on m2.
+    cb.define_machine(define(v1)).await.unwrap();
+    let e = expect_err(
+        ca.transition(tr("m2", "requeue")).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(meta(&e, "field").as_deref(), Some("transition"));
+    let m2 = get_entity(&mut ca, "m2").await;
+    assert_eq!((m2.state.as_str(), m2.version), ("running", 2), "nothing written");
+}
