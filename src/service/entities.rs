@@ -10,7 +10,7 @@ use crate::domain::lease::Fence;
 use crate::domain::machine::{Plan, Snapshot, TransitionAsk, plan_transition};
 use crate::domain::names::{DedupKey, EntityId, Name, Namespace, RequestId, lock_key, lock_space};
 use crate::domain::tape::{self, EventInput, StoredEvent};
-use crate::storage::{Change, ListQuery, WriteTx};
+use crate::storage::{Change, First, ListQuery, WriteTx};
 use std::sync::Arc;
 
 /// A validated CreateEntity.
@@ -184,7 +184,10 @@ impl Coordinator {
     }
 
     async fn transition_once(&self, cmd: &TransitionCmd, lock: i64, call: &str) -> Result<TransitionOutcome> {
-        let mut tx = self.store.begin(lock).await?;
+        let mut tx = self
+            .store
+            .begin_at(lock, First::Entity(&cmd.ns, &cmd.entity_id))
+            .await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call).await? {
             return Ok(out);
         }

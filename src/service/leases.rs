@@ -6,7 +6,7 @@ use super::{Coordinator, Error, Result};
 use crate::domain::lease::{self, AcquireDecision, Fence, FencingToken, Lease, Ttl};
 use crate::domain::names::{Holder, LeaseKey, Namespace, RequestId, lock_key, lock_space};
 use crate::domain::time::Timestamp;
-use crate::storage::{Change, WriteTx};
+use crate::storage::{Change, First, WriteTx};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -93,7 +93,7 @@ impl Coordinator {
         let call = call_id("AcquireLease", cmd.key.as_str(), &(&cmd.holder, cmd.ttl));
         let lock = lease_lock(&cmd.ns, &cmd.key);
         let _turn = self.queue.turn(lock).await;
-        let mut tx = self.store.begin(lock).await?;
+        let mut tx = self.store.begin_at(lock, First::Lease(&cmd.ns, &cmd.key)).await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
             return Ok(out);
         }
@@ -132,7 +132,7 @@ impl Coordinator {
         let call = call_id("RenewLease", key.as_str(), &(token, ttl));
         let lock = lease_lock(&ns, &key);
         let _turn = self.queue.turn(lock).await;
-        let mut tx = self.store.begin(lock).await?;
+        let mut tx = self.store.begin_at(lock, First::Lease(&ns, &key)).await?;
         if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
             return Ok(out);
         }
@@ -156,7 +156,7 @@ impl Coordinator {
         let call = call_id("ReleaseLease", key.as_str(), &token);
         let lock = lease_lock(&ns, &key);
         let _turn = self.queue.turn(lock).await;
-        let mut tx = self.store.begin(lock).await?;
+        let mut tx = self.store.begin_at(lock, First::Lease(&ns, &key)).await?;
         if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
             return Ok(out);
         }

@@ -13,6 +13,7 @@ use crate::domain::entity::Entity;
 use crate::domain::lease::Fence;
 use crate::domain::names::{EntityId, Namespace, RequestId};
 use crate::domain::tape::{self, EventInput, IfSealed, StoredEvent};
+use crate::storage::First;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
@@ -69,7 +70,10 @@ impl Coordinator {
         );
         let lock = entity_lock(&cmd.ns, &cmd.entity_id);
         let _turn = self.queue.turn(lock).await;
-        let mut tx = self.store.begin(lock).await?;
+        let mut tx = self
+            .store
+            .begin_at(lock, First::Entity(&cmd.ns, &cmd.entity_id))
+            .await?;
         if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
             return Ok(out);
         }

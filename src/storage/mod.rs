@@ -89,7 +89,12 @@ pub trait Store: Send + Sync + 'static {
     fn clock(&self) -> &Clock;
     /// Begins a write transaction holding the lock of `lock_key` (see
     /// [`crate::domain::names::lock_key`]); its clock is read after the lock is held.
-    async fn begin(&self, lock_key: i64) -> Result<Box<dyn WriteTx>>;
+    async fn begin(&self, lock_key: i64) -> Result<Box<dyn WriteTx>> {
+        self.begin_at(lock_key, First::Nothing).await
+    }
+    /// [`Store::begin`], naming the row the transaction will read first: Postgres reads it
+    /// (after the lock) in the same round trip that takes the lock.
+    async fn begin_at(&self, lock_key: i64, first: First<'_>) -> Result<Box<dyn WriteTx>>;
     /// Store time now.
     async fn now(&self) -> Result<Timestamp>;
     /// Answers when the database does.
@@ -112,6 +117,17 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self) -> broadcast::Receiver<Change>;
     /// Stops background tasks (the notification listener) and closes connections.
     async fn close(&self);
+}
+
+/// The row a write transaction reads first.
+#[derive(Debug, Clone, Copy)]
+pub enum First<'a> {
+    /// No hint.
+    Nothing,
+    /// An entity ([`WriteTx::entity`]).
+    Entity(&'a Namespace, &'a EntityId),
+    /// A lease row, unshared ([`WriteTx::lease_row`] with `share: false`).
+    Lease(&'a Namespace, &'a LeaseKey),
 }
 
 /// One write of a transaction. Postgres sends a transaction's writes to the database

@@ -3,7 +3,7 @@
 //! themselves with `NOTIFY`, and one `LISTEN` connection per replica hears every replica.
 
 use super::rows::{self, impl_store, impl_write_tx};
-use super::{Backend, Change, Result, StoreError, StoredMachine, Write};
+use super::{Backend, Change, First, Result, StoreError, StoredMachine, Write};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
@@ -12,7 +12,7 @@ use crate::domain::time::{Clock, Timestamp};
 use base64::Engine;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,16 +81,67 @@ impl PgStore {
         })
     }
 
-    async fn begin_impl(&self, lock_key: i64) -> Result<PgTx> {
+    async fn begin_impl(&self, lock_key: i64, first: First<'_>) -> Result<PgTx> {
         let mut conn = TxConn(Some(self.write_pool.acquire().await?));
-        // One round trip: open the transaction, wait for the key's lock, then read the clock.
-        // Both values are integers, so writing them into the text is safe.
-        let begin = format!("BEGIN; SELECT baton_lock_now({lock_key}, {})", self.clock.skew_micros());
-        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).fetch_one(conn.get()?).await?;
-        let now: i64 = sqlx::Row::try_get(&row, 0)?;
+        // One round trip: open the transaction, wait for the key's lock, read the clock and
+        // the first row. Numbers are written into the text; names are dollar-quoted.
+        let skew = self.clock.skew_micros();
+        let sql = match first {
+            First::Nothing => format!("BEGIN; SELECT baton_lock_now({lock_key}, {skew})"),
+            First::Entity(ns, id) => format!(
+                "BEGIN; SELECT * FROM baton_begin_entity({lock_key}, {skew}, {}, {})",
+                quote(ns.as_str()),
+                quote(id.as_str())
+            ),
+            First::Lease(ns, key) => format!(
+                "BEGIN; SELECT * FROM baton_begin_lease({lock_key}, {skew}, {}, {})",
+                quote(ns.as_str()),
+                quote(key.as_str())
+            ),
+        };
+        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(conn.get()?).await?;
+        let now: i64 = row.try_get(0)?;
+        let first = match first {
+            First::Nothing => None,
+            First::Entity(ns, id) => {
+                let tuple: Option<String> = row.try_get(1)?;
+                let entity = match tuple {
+                    None => None,
+                    Some(row_id) => Some(rows::entity((
+                        row_id,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                        row.try_get(6)?,
+                        row.try_get(7)?,
+                        row.try_get(8)?,
+                        row.try_get(9)?,
+                        row.try_get(10)?,
+                        row.try_get(11)?,
+                    ))?),
+                };
+                Some(FirstRow::Entity(ns.clone(), id.clone(), entity))
+            }
+            First::Lease(ns, key) => {
+                let found: Option<String> = row.try_get(1)?;
+                let lease = match found {
+                    None => None,
+                    Some(k) => Some(rows::lease_row((
+                        k,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                    ))?),
+                };
+                Some(FirstRow::Lease(ns.clone(), key.clone(), lease))
+            }
+        };
         Ok(PgTx {
             tx: conn,
             now: Timestamp(now),
+            first,
             ops: Vec::new(),
             inserts: Vec::new(),
         })
@@ -173,13 +224,37 @@ impl Drop for TxConn {
 pub struct PgTx {
     tx: TxConn,
     now: Timestamp,
+    /// The row `begin` read, until it is asked for.
+    first: Option<FirstRow>,
     /// Writes not yet sent, as `baton_flush` operations.
     ops: Vec<serde_json::Value>,
     /// Entities inserted by the pending writes (to name a taken id).
     inserts: Vec<EntityId>,
 }
 
+/// A row read by `begin`.
+enum FirstRow {
+    Entity(Namespace, EntityId, Option<Entity>),
+    Lease(Namespace, LeaseKey, Option<LeaseRow>),
+}
+
 impl PgTx {
+    /// The entity `begin` read, when it is the one asked for and nothing was written since.
+    fn first_entity(&mut self, ns: &Namespace, id: &EntityId) -> Option<Option<Entity>> {
+        match self.first.take() {
+            Some(FirstRow::Entity(n, i, row)) if &n == ns && &i == id && self.ops.is_empty() => Some(row),
+            _ => None,
+        }
+    }
+
+    /// The lease row `begin` read, likewise.
+    fn first_lease(&mut self, ns: &Namespace, key: &LeaseKey) -> Option<Option<LeaseRow>> {
+        match self.first.take() {
+            Some(FirstRow::Lease(n, k, row)) if &n == ns && &k == key && self.ops.is_empty() => Some(row),
+            _ => None,
+        }
+    }
+
     /// The connection to read on, once the pending writes are applied.
     async fn reader(&mut self) -> Result<&mut PgConnection> {
         if !self.ops.is_empty() {
@@ -302,8 +377,7 @@ impl PgTx {
             "COMMIT".to_string()
         } else {
             let ops = self.take_ops();
-            let tag = dollar_tag(&ops);
-            format!("SELECT baton_flush({tag}{ops}{tag}::json); COMMIT")
+            format!("SELECT baton_flush({}::json); COMMIT", quote(&ops))
         };
         let res = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(self.tx.get()?).await;
         self.classify(res)?;
@@ -313,12 +387,18 @@ impl PgTx {
     }
 }
 
-/// A dollar-quote tag that does not occur in `text`, so `text` can be sent as a literal
-/// with no escaping at all (`$tag$...$tag$` quoting has no escape characters).
+/// `text` as a dollar-quoted SQL literal.
+fn quote(text: &str) -> String {
+    let tag = dollar_tag(text);
+    format!("{tag}{text}{tag}")
+}
+
+/// A dollar-quote tag that first occurs in `text + tag` at its end, so `$tag$text$tag$`
+/// is exactly `text` as a literal, whatever `text` holds (dollar quotes have no escapes).
 fn dollar_tag(text: &str) -> String {
     (0u32..)
         .map(|n| format!("$b{n}$"))
-        .find(|tag| !text.contains(tag.as_str()))
+        .find(|tag| format!("{text}{tag}").find(tag.as_str()) == Some(text.len()))
         .unwrap_or_default()
 }
 
@@ -473,5 +553,20 @@ async fn listen(
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dollar_tag, quote};
+
+    #[test]
+    fn dollar_quoting_survives_any_text() {
+        assert_eq!(quote("plain"), "$b0$plain$b0$");
+        // The tag in the text, or the text ending in a prefix of the tag, moves to another tag.
+        assert_eq!(dollar_tag("a$b0$z"), "$b1$");
+        assert_eq!(dollar_tag("a$b0"), "$b1$");
+        assert_eq!(dollar_tag("a$b"), "$b0$");
+        assert_eq!(dollar_tag("$b0$$b1$$b2"), "$b3$");
     }
 }

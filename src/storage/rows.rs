@@ -186,6 +186,7 @@ pub fn list_sql(q: &super::ListQuery, presence: impl Fn(usize) -> String) -> Str
 /// Generates the [`super::WriteTx`] impl shared by both backends: the reads, which are the
 /// same SQL on both. The backend's type must have a field `now: Timestamp` and inherent
 /// methods `reader` (the connection to read on, with this transaction's writes applied),
+/// `first_entity` / `first_lease` (the row read by `begin`, if it is this one and still current),
 /// `expect_machine_impl`, `write_impl`, `publish_impl` and `commit_impl`.
 /// `$lease_share_sql` is the backend's "read the lease row and hold off takeovers" statement.
 macro_rules! impl_write_tx {
@@ -224,6 +225,9 @@ macro_rules! impl_write_tx {
                 key: &LeaseKey,
                 share: bool,
             ) -> $crate::storage::Result<Option<LeaseRow>> {
+                if !share && let Some(row) = self.first_lease(ns, key) {
+                    return Ok(row);
+                }
                 let sql = if share {
                     $lease_share_sql
                 } else {
@@ -269,6 +273,9 @@ macro_rules! impl_write_tx {
             }
 
             async fn entity(&mut self, ns: &Namespace, id: &EntityId) -> $crate::storage::Result<Option<Entity>> {
+                if let Some(row) = self.first_entity(ns, id) {
+                    return Ok(row);
+                }
                 sqlx::query_as::<$db, rows::EntityTuple>(rows::SELECT_ENTITY)
                     .bind(ns.as_str())
                     .bind(id.as_str())
@@ -326,8 +333,12 @@ macro_rules! impl_store {
                 &self.clock
             }
 
-            async fn begin(&self, lock_key: i64) -> $crate::storage::Result<Box<dyn $crate::storage::WriteTx>> {
-                Ok(Box::new(self.begin_impl(lock_key).await?))
+            async fn begin_at(
+                &self,
+                lock_key: i64,
+                first: $crate::storage::First<'_>,
+            ) -> $crate::storage::Result<Box<dyn $crate::storage::WriteTx>> {
+                Ok(Box::new(self.begin_impl(lock_key, first).await?))
             }
 
             async fn now(&self) -> $crate::storage::Result<Timestamp> {

@@ -3,7 +3,7 @@
 //! `BEGIN IMMEDIATE` takes the database write lock up front. Wake-ups are in-process.
 
 use super::rows::{self, impl_store, impl_write_tx};
-use super::{Backend, Change, Result, StoreError, StoredMachine, Write};
+use super::{Backend, Change, First, Result, StoreError, StoredMachine, Write};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
@@ -55,7 +55,7 @@ impl SqliteStore {
         })
     }
 
-    async fn begin_impl(&self, _lock_key: i64) -> Result<SqliteTx> {
+    async fn begin_impl(&self, _lock_key: i64, _first: First<'_>) -> Result<SqliteTx> {
         // The single write connection is the lock: every writer of every key waits here.
         let tx = self.write_pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(SqliteTx {
@@ -93,6 +93,15 @@ pub struct SqliteTx {
 }
 
 impl SqliteTx {
+    // Reads are in-process: nothing is read ahead.
+    fn first_entity(&mut self, _ns: &Namespace, _id: &EntityId) -> Option<Option<Entity>> {
+        None
+    }
+
+    fn first_lease(&mut self, _ns: &Namespace, _key: &LeaseKey) -> Option<Option<LeaseRow>> {
+        None
+    }
+
     async fn reader(&mut self) -> Result<&mut SqliteConnection> {
         Ok(&mut *self.tx)
     }

@@ -10,7 +10,7 @@ use baton::domain::machine::{Machine, parse_machines_toml};
 use baton::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name, Namespace, RequestId, lock_key, lock_space};
 use baton::domain::tape::StoredEvent;
 use baton::domain::time::{Clock, Timestamp};
-use baton::storage::{self, Change, ListQuery, Store, StoreError, StoredMachine};
+use baton::storage::{self, Change, First, ListQuery, Store, StoreError, StoredMachine};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -325,22 +325,45 @@ async fn commits_are_conditional_on_the_expected_machine(backend: Backend) {
 }
 
 async fn writers_of_one_key_serialize(backend: Backend) {
-    // 16 concurrent read-modify-write increments of one counter, each in its own
-    // transaction under the key's lock: none may be lost.
+    // Concurrent read-modify-write increments of a lease token and of an entity version,
+    // each in its own transaction under the key's lock: none may be lost, whether the row
+    // is read by `begin` itself (First::...) or by a read after it.
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    let lock = lock_key(&ns(), lock_space::LEASE, "ctr");
+    let lease_lock = lock_key(&ns(), lock_space::LEASE, "ctr");
+    let entity_lock = lock_key(&ns(), lock_space::ENTITY, "e");
+    let id = EntityId::parse("id", "e".into()).unwrap();
+    let mut tx = s.begin(entity_lock).await.unwrap();
+    let now = tx.now();
+    tx.insert_entity(&ns(), &entity("e", None, now)).await.unwrap();
+    tx.commit().await.unwrap();
     let mut tasks = vec![];
-    for i in 0..16 {
-        let s = s.clone();
+    for i in 0..32 {
+        let (s, id) = (s.clone(), id.clone());
         tasks.push(tokio::spawn(async move {
-            let mut tx = s.begin(lock).await.unwrap();
-            let row = tx.lease_row(&ns(), &key("ctr"), false).await.unwrap();
+            let (ns, k) = (ns(), key("ctr"));
+            let first = if i % 2 == 0 {
+                First::Lease(&ns, &k)
+            } else {
+                First::Nothing
+            };
+            let mut tx = s.begin_at(lease_lock, first).await.unwrap();
+            let row = tx.lease_row(&ns, &k, false).await.unwrap();
             let next = row.map_or(1, |r| r.token.0 + 1);
             let now = tx.now();
-            tx.put_lease(&ns(), &lease("ctr", &format!("h{i}"), next, now))
+            tx.put_lease(&ns, &lease("ctr", &format!("h{i}"), next, now))
                 .await
                 .unwrap();
+            tx.commit().await.unwrap();
+            let first = if i % 2 == 0 {
+                First::Entity(&ns, &id)
+            } else {
+                First::Nothing
+            };
+            let mut tx = s.begin_at(entity_lock, first).await.unwrap();
+            let mut e = tx.entity(&ns, &id).await.unwrap().unwrap();
+            e.version += 1;
+            tx.update_entity(&ns, &e).await.unwrap();
             tx.commit().await.unwrap();
         }));
     }
@@ -349,8 +372,13 @@ async fn writers_of_one_key_serialize(backend: Backend) {
     }
     assert_eq!(
         s.lease_row(&ns(), &key("ctr")).await.unwrap().unwrap().token,
-        FencingToken(16)
+        FencingToken(32)
     );
+    assert_eq!(s.entity(&ns(), &id).await.unwrap().unwrap().version, 1 + 32);
+    // A row read by `begin` that does not exist reads as absent.
+    let (n, ghost) = (ns(), EntityId::parse("id", "ghost".into()).unwrap());
+    let mut tx = s.begin_at(entity_lock, First::Entity(&n, &ghost)).await.unwrap();
+    assert_eq!(tx.entity(&n, &ghost).await.unwrap(), None);
 }
 
 async fn clock_skew_is_store_time(backend: Backend) {
