@@ -32,7 +32,8 @@ pub struct Etcd {
     tallies: HashMap<Scenario, Tally>,
     /// Latest mod revision and version per entity, per scenario, carried across cells.
     known: HashMap<Scenario, Arc<Vec<Known>>>,
-    fanouts: u32,
+    /// Cells so far: part of every client's name, so event keys never repeat across cells.
+    cells: u32,
 }
 
 fn kind(e: &etcd_client::Error) -> String {
@@ -113,7 +114,7 @@ impl Etcd {
             prefix,
             tallies,
             known,
-            fanouts: 0,
+            cells: 0,
         })
     }
 
@@ -127,6 +128,7 @@ impl Etcd {
     }
 
     async fn measure(&mut self, scenario: Scenario, clients: u32, plan: &Plan) -> Result<Cell, String> {
+        self.cells += 1;
         let ids = ids(&self.prefix, scenario, plan.keys);
         let known = self.known.get(&scenario).cloned().unwrap_or_default();
         let conns = futures::future::try_join_all((0..clients).map(|_| connect(&self.endpoint))).await?;
@@ -136,7 +138,7 @@ impl Etcd {
             .map(|(n, c)| EtcdWorker {
                 c,
                 scenario,
-                name: format!("bench-client-{n}"),
+                name: format!("bench-client-{}-{n}", self.cells),
                 ids: ids.clone(),
                 rng: fastrand::Rng::new(),
                 tally: Tally::new(ids.len()),
@@ -179,8 +181,8 @@ impl Etcd {
     /// stamped keys as fast as it can, then one `final` key. Every watcher must see
     /// 1..=n in order and then `final`.
     async fn fanout(&mut self, plan: &Plan) -> Result<Cell, String> {
-        self.fanouts += 1;
-        let prefix = format!("{}fan-{}", self.prefix, self.fanouts);
+        self.cells += 1;
+        let prefix = format!("{}fan-{}", self.prefix, self.cells);
         let subs = plan.subscribers as usize;
         let n_conns = subs.div_ceil(plan.streams_per_connection as usize);
         let conns = futures::future::try_join_all((0..n_conns).map(|_| connect(&self.endpoint))).await?;

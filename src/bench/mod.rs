@@ -315,8 +315,13 @@ pub struct Plan {
 }
 
 async fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
-    let mut clients = args.clients.clone();
-    clients.dedup();
+    // Each count once, in the order given.
+    let mut clients: Vec<u32> = vec![];
+    for &n in &args.clients {
+        if !clients.contains(&n) {
+            clients.push(n);
+        }
+    }
     let plan = Plan {
         scenarios: scenarios(&args.scenarios),
         keys: args.keys,
