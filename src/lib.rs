@@ -10,6 +10,7 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 }
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod grpc;
 pub mod service;

@@ -36,6 +36,8 @@ enum Command {
     Events(client::EventsCmd),
     /// Print an entity's events as they arrive; exits 0 after `final`.
     Tail(client::TailArgs),
+    /// Measure throughput and latency of a server, with raw Postgres and etcd baselines.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Log output format.
@@ -99,6 +101,7 @@ pub fn main() -> ExitCode {
             Command::Entity(cmd) => client::run(client::Cmd::Entity(cmd)).await,
             Command::Events(cmd) => client::run(client::Cmd::Events(cmd)).await,
             Command::Tail(args) => client::run(client::Cmd::Tail(args)).await,
+            Command::Bench(args) => crate::bench::run(args).await,
         }
     })
 }

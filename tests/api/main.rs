@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bench;
 mod contract;
 mod entities;
 mod leases;

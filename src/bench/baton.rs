@@ -1,0 +1,567 @@
+//! The scenarios against baton over gRPC, with the generated client; each bench client on
+//! its own HTTP/2 connection, in a fresh namespace per run.
+
+use super::checks::{CHECK_CONCURRENCY, Findings, gapless};
+use super::fanout::{self, Ready, Seen, Window};
+use super::load::{self, Tally, Worker, drive};
+use super::server::rss_kib;
+use super::stats::Outcome;
+use super::{Cell, IdleStreams, Plan, Scenario, System};
+use crate::proto::{self, coordinator_client::CoordinatorClient, stream_events_response::Item};
+use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tonic::transport::Channel;
+
+type Client = CoordinatorClient<Channel>;
+
+/// The bench machine: `tick` keeps an entity running, `finish` ends it (and writes `final`).
+const KIND: &str = "bench_item";
+/// Payload of a `transition` event (~64 B) and of an `append` event (1 KiB).
+const TRANSITION_PAYLOAD: usize = 64;
+const APPEND_PAYLOAD: usize = 1024;
+
+/// baton under test.
+pub struct Baton {
+    url: String,
+    ns: Arc<str>,
+    /// Connections for setup and checks.
+    admin: Vec<Client>,
+    /// Successes per key so far in this run, per scenario (entities live across cells).
+    tallies: HashMap<Scenario, Tally>,
+    /// Fan-out cells so far: each gets a fresh entity, sealed at its end.
+    fanouts: u32,
+}
+
+async fn connect(url: &str) -> Result<Client, String> {
+    let channel = Channel::from_shared(url.to_string())
+        .map_err(|e| format!("bad target {url:?}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    Ok(CoordinatorClient::new(channel))
+}
+
+async fn connect_many(url: &str, n: usize) -> Result<Vec<Client>, String> {
+    futures::future::try_join_all((0..n).map(|_| connect(url))).await
+}
+
+fn code(s: &tonic::Status) -> String {
+    format!("{:?}", s.code())
+}
+
+/// `prefix-0` … `prefix-(n-1)`.
+fn ids(scenario: Scenario, keys: u32) -> Arc<[String]> {
+    (0..scenario.keys(keys))
+        .map(|i| format!("{}-{i}", scenario.prefix()))
+        .collect()
+}
+
+fn machine() -> proto::MachineSpec {
+    let transition = |name: &str, to: &str| proto::TransitionSpec {
+        name: name.into(),
+        from: vec!["running".into()],
+        to: to.into(),
+        ..Default::default()
+    };
+    proto::MachineSpec {
+        kind: KIND.into(),
+        states: vec!["running".into(), "done".into()],
+        initial_state: "running".into(),
+        terminal_states: vec!["done".into()],
+        transitions: vec![transition("tick", "running"), transition("finish", "done")],
+        field_rules: vec![],
+    }
+}
+
+fn event(payload: Vec<u8>) -> proto::EventInput {
+    proto::EventInput {
+        r#type: "tick".into(),
+        payload,
+        content_type: String::new(),
+    }
+}
+
+impl Baton {
+    /// Connects, defines the bench machine in a fresh namespace and creates the entities
+    /// of the selected scenarios (concurrently, before any timing).
+    pub async fn setup(url: &str, plan: &Plan) -> Result<Self, String> {
+        let admin = connect_many(url, 4).await?;
+        let ns: Arc<str> = format!("bench-{}", uuid::Uuid::now_v7().simple()).into();
+        admin[0]
+            .clone()
+            .define_machine(proto::DefineMachineRequest {
+                namespace: ns.to_string(),
+                spec: Some(machine()),
+            })
+            .await
+            .map_err(|s| format!("define machine: {}", s.message()))?;
+        let mut this = Self {
+            url: url.to_string(),
+            ns,
+            admin,
+            tallies: HashMap::new(),
+            fanouts: 0,
+        };
+        for &s in &plan.scenarios {
+            if matches!(s, Scenario::Transition | Scenario::TransitionHot | Scenario::Append) {
+                let ids = ids(s, plan.keys);
+                let created = stream::iter(ids.iter().enumerate())
+                    .map(|(i, id)| this.create(i, id))
+                    .buffer_unordered(CHECK_CONCURRENCY)
+                    .collect::<Vec<_>>()
+                    .await;
+                created.into_iter().collect::<Result<Vec<()>, String>>()?;
+            }
+            this.tallies.insert(s, Tally::new(s.keys(plan.keys)));
+        }
+        Ok(this)
+    }
+
+    fn client(&self, i: usize) -> Client {
+        self.admin[i % self.admin.len()].clone()
+    }
+
+    async fn create(&self, i: usize, id: &str) -> Result<(), String> {
+        self.client(i)
+            .create_entity(proto::CreateEntityRequest {
+                namespace: self.ns.to_string(),
+                kind: KIND.into(),
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("create {id}: {:?} {}", s.code(), s.message()))
+    }
+
+    /// Measures one cell and checks it.
+    pub async fn cell(&mut self, scenario: Scenario, clients: u32, plan: &Plan) -> Cell {
+        let result = match scenario {
+            Scenario::LeaseCycle => self.leases(clients, plan).await,
+            Scenario::Transition | Scenario::TransitionHot | Scenario::Append => {
+                self.entities(scenario, clients, plan).await
+            }
+            Scenario::StreamFanout => self.fanout(plan).await,
+        };
+        result.unwrap_or_else(|e| Cell::failed(scenario, clients, System::Baton, e))
+    }
+
+    async fn leases(&mut self, clients: u32, plan: &Plan) -> Result<Cell, String> {
+        let scenario = Scenario::LeaseCycle;
+        let keys = ids(scenario, plan.keys);
+        let conns = connect_many(&self.url, clients as usize).await?;
+        let workers = conns
+            .into_iter()
+            .enumerate()
+            .map(|(n, c)| LeaseWorker {
+                c,
+                ns: self.ns.clone(),
+                holder: format!("bench-client-{n}"),
+                keys: keys.clone(),
+                rng: fastrand::Rng::new(),
+                tally: Tally::new(keys.len()),
+            })
+            .collect();
+        let run = drive(workers, plan.timing).await?;
+        let (cell_tally, tally) = run.settle(self.tallies.entry(scenario).or_default());
+        let mut cell = Cell::measured(scenario, clients, System::Baton, plan, run.stats);
+        // Tokens go +1 per grant from 0, so a key's last token is its number of grants; and
+        // every cycle released what it acquired, so no key may be left held.
+        let found = Findings::collect(
+            "token/grant mismatch or key left held",
+            stream::iter(cell_tally.touched())
+                .map(|i| {
+                    let (mut c, key, grants) = (self.client(i), keys[i].clone(), tally.get(i));
+                    let ns = self.ns.to_string();
+                    async move {
+                        let r = c
+                            .get_lease(proto::GetLeaseRequest {
+                                namespace: ns,
+                                key: key.clone(),
+                            })
+                            .await;
+                        match r.map(|r| r.into_inner()) {
+                            Err(s) => Some(format!("{key}: get lease {}", code(&s))),
+                            Ok(r) if r.lease.is_some() => Some(format!("{key}: still held")),
+                            Ok(r) if r.last_token != grants => {
+                                Some(format!("{key}: token {} after {grants} grants", r.last_token))
+                            }
+                            Ok(_) => None,
+                        }
+                    }
+                })
+                .buffer_unordered(CHECK_CONCURRENCY),
+        )
+        .await;
+        found.report_into(&mut cell.failures);
+        Ok(cell)
+    }
+
+    async fn entities(&mut self, scenario: Scenario, clients: u32, plan: &Plan) -> Result<Cell, String> {
+        let ids = ids(scenario, plan.keys);
+        let conns = connect_many(&self.url, clients as usize).await?;
+        let (op, size) = if scenario == Scenario::Append {
+            (EntityOp::Append, APPEND_PAYLOAD)
+        } else {
+            (EntityOp::Transition, TRANSITION_PAYLOAD)
+        };
+        let workers = conns
+            .into_iter()
+            .map(|c| EntityWorker {
+                c,
+                ns: self.ns.clone(),
+                ids: ids.clone(),
+                rng: fastrand::Rng::new(),
+                tally: Tally::new(ids.len()),
+                op,
+                payload: vec![b'x'; size],
+            })
+            .collect();
+        let run = drive(workers, plan.timing).await?;
+        let (cell_tally, tally) = run.settle(self.tallies.entry(scenario).or_default());
+        let mut cell = Cell::measured(scenario, clients, System::Baton, plan, run.stats);
+        // A transition applied N times moves version 1 → 1+N and writes 2 events each (the
+        // state change and ours); an append writes 1 event and leaves the version alone.
+        let expect = move |n: u64| match op {
+            EntityOp::Transition => (1 + n, 2 * n),
+            EntityOp::Append => (1, n),
+        };
+        let found = Findings::collect(
+            "lost or extra update",
+            stream::iter(cell_tally.touched())
+                .map(|i| {
+                    let (want_version, want_seq) = expect(tally.get(i));
+                    let mut c = self.client(i);
+                    let (ns, id) = (self.ns.to_string(), ids[i].clone());
+                    async move {
+                        match c
+                            .get_entity(proto::GetEntityRequest {
+                                namespace: ns,
+                                id: id.clone(),
+                            })
+                            .await
+                        {
+                            Err(s) => Some(format!("{id}: get {}", code(&s))),
+                            Ok(r) => {
+                                let e = r.into_inner().entity.unwrap_or_default();
+                                (e.version != want_version || e.last_seq != want_seq).then(|| {
+                                    format!(
+                                        "{id}: version {} last_seq {}, expected {want_version} and {want_seq}",
+                                        e.version, e.last_seq
+                                    )
+                                })
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(CHECK_CONCURRENCY),
+        )
+        .await;
+        found.report_into(&mut cell.failures);
+        if scenario == Scenario::TransitionHot {
+            let (_, want_seq) = expect(tally.get(0));
+            if let Err(e) = self.read_tape(&ids[0], want_seq).await {
+                cell.failures.push(format!("tape of {}: {e}", ids[0]));
+            }
+        }
+        Ok(cell)
+    }
+
+    /// Reads a live tape from seq 1 up to `head` and checks it is gapless.
+    async fn read_tape(&self, id: &str, head: u64) -> Result<(), String> {
+        if head == 0 {
+            return Ok(());
+        }
+        let mut stream = self
+            .client(0)
+            .stream_events(proto::StreamEventsRequest {
+                namespace: self.ns.to_string(),
+                entity_id: id.into(),
+                after_seq: 0,
+            })
+            .await
+            .map_err(|s| code(&s))?
+            .into_inner();
+        let mut seqs = Vec::with_capacity(head as usize);
+        while seqs.last() != Some(&head) {
+            match stream.message().await {
+                Ok(Some(proto::StreamEventsResponse {
+                    item: Some(Item::Event(e)),
+                })) => seqs.push(e.seq),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(format!("stream ended at seq {:?}, head {head}", seqs.last())),
+                Err(s) => return Err(format!("stream failed: {}", code(&s))),
+            }
+        }
+        gapless(seqs).map(|_| ())
+    }
+
+    /// One writer appends stamped events to one entity while `plan.subscribers` streams
+    /// follow it; then the writer finishes the entity (one `final`) and every subscriber
+    /// must have received seqs 1..=final with no gap, exactly one `final`, then the end.
+    async fn fanout(&mut self, plan: &Plan) -> Result<Cell, String> {
+        self.fanouts += 1;
+        let id = format!("{}-{}", Scenario::StreamFanout.prefix(), self.fanouts);
+        self.create(0, &id).await?;
+        let subs = plan.subscribers as usize;
+        let conns = connect_many(&self.url, subs.div_ceil(plan.streams_per_connection as usize)).await?;
+        let window = Window::default();
+        let tasks = fanout::start(subs, |n, ready| {
+            let req = proto::StreamEventsRequest {
+                namespace: self.ns.to_string(),
+                entity_id: id.clone(),
+                after_seq: 0,
+            };
+            subscribe(conns[n % conns.len()].clone(), req, window.clone(), ready)
+        })
+        .await?;
+        let writer = FanWriter {
+            c: self.client(0),
+            ns: self.ns.clone(),
+            id: id.clone(),
+        };
+        window.open(plan.timing);
+        let run = drive(vec![writer], plan.timing).await?;
+        let finished = self
+            .client(0)
+            .transition(proto::TransitionRequest {
+                namespace: self.ns.to_string(),
+                entity_id: id.clone(),
+                transition: "finish".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| format!("finish {id}: {} {}", code(&s), s.message()))?
+            .into_inner();
+        let final_seq = finished.seqs.last().copied().unwrap_or(0);
+
+        let mut cell = Cell::measured(Scenario::StreamFanout, 1, System::Baton, plan, run.stats);
+        let (fan, incomplete) = fanout::finish(tasks, final_seq).await?;
+        incomplete.report_into(&mut cell.failures);
+        cell.fanout = Some(fan);
+        Ok(cell)
+    }
+
+    /// Opens `streams` idle streams on one entity over connections of
+    /// `plan.streams_per_connection` streams, confirms each is established (response headers
+    /// received), and reports the server's RSS growth per stream (connections included).
+    pub async fn idle_streams(&mut self, pid: u32, streams: u32, plan: &Plan) -> Result<IdleStreams, String> {
+        let id = format!("{}-idle", Scenario::StreamFanout.prefix());
+        self.create(0, &id).await?;
+        let before = rss_kib(pid)?;
+        let per = plan.streams_per_connection as usize;
+        let conns = connect_many(&self.url, (streams as usize).div_ceil(per)).await?;
+        let open = stream::iter(0..streams as usize)
+            .map(|n| {
+                let mut c = conns[n / per].clone();
+                let req = proto::StreamEventsRequest {
+                    namespace: self.ns.to_string(),
+                    entity_id: id.clone(),
+                    after_seq: 0,
+                };
+                async move { c.stream_events(req).await.map(|r| r.into_inner()) }
+            })
+            .buffer_unordered(256)
+            .collect::<Vec<_>>()
+            .await;
+        let open = open
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|s| format!("an idle stream did not open: {} {}", code(&s), s.message()))?;
+        let after = rss_kib(pid)?;
+        drop(open);
+        Ok(IdleStreams {
+            streams,
+            connections: conns.len() as u32,
+            rss_before_kib: before,
+            rss_after_kib: after,
+            kib_per_stream: after.saturating_sub(before) as f64 / f64::from(streams),
+        })
+    }
+
+    /// Nothing to tear down: the namespace stays for inspection.
+    pub async fn close(self) {}
+}
+
+/// One lease-cycle client: acquire a random key as its own holder, release it.
+struct LeaseWorker {
+    c: Client,
+    ns: Arc<str>,
+    holder: String,
+    keys: Arc<[String]>,
+    rng: fastrand::Rng,
+    /// Grants per key.
+    tally: Tally,
+}
+
+impl Worker for LeaseWorker {
+    fn op(&mut self) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            let i = self.rng.usize(..self.keys.len());
+            let acquired = self
+                .c
+                .acquire_lease(proto::AcquireLeaseRequest {
+                    namespace: self.ns.to_string(),
+                    key: self.keys[i].clone(),
+                    holder: self.holder.clone(),
+                    ttl: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+                    wait: None,
+                    request_id: String::new(),
+                })
+                .await;
+            let lease = match acquired.map(|r| r.into_inner()) {
+                Err(s) => return Outcome::Error(code(&s)),
+                Ok(r) if !r.acquired => return Outcome::Miss,
+                Ok(r) => r.lease.unwrap_or_default(),
+            };
+            self.tally.add(i);
+            let released = self
+                .c
+                .release_lease(proto::ReleaseLeaseRequest {
+                    namespace: self.ns.to_string(),
+                    key: self.keys[i].clone(),
+                    token: lease.token,
+                    request_id: String::new(),
+                })
+                .await;
+            match released.map(|r| r.into_inner().released) {
+                Ok(true) => Outcome::Success,
+                Ok(false) => Outcome::Error("NotReleased".into()),
+                Err(s) => Outcome::Error(code(&s)),
+            }
+        })
+    }
+
+    fn tally(&self) -> Option<&Tally> {
+        Some(&self.tally)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntityOp {
+    /// `tick` with one event.
+    Transition,
+    /// AppendEvents with one event.
+    Append,
+}
+
+/// One client of transition, transition-hot or append.
+struct EntityWorker {
+    c: Client,
+    ns: Arc<str>,
+    ids: Arc<[String]>,
+    rng: fastrand::Rng,
+    /// Applied calls per entity.
+    tally: Tally,
+    op: EntityOp,
+    payload: Vec<u8>,
+}
+
+impl Worker for EntityWorker {
+    fn op(&mut self) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            let i = self.rng.usize(..self.ids.len());
+            let (namespace, entity_id) = (self.ns.to_string(), self.ids[i].clone());
+            let events = vec![event(self.payload.clone())];
+            let applied = match self.op {
+                EntityOp::Transition => self
+                    .c
+                    .transition(proto::TransitionRequest {
+                        namespace,
+                        entity_id,
+                        transition: "tick".into(),
+                        events,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().applied),
+                EntityOp::Append => self
+                    .c
+                    .append_events(proto::AppendEventsRequest {
+                        namespace,
+                        entity_id,
+                        events,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| !r.into_inner().dropped),
+            };
+            load::tallied(applied, &mut self.tally, i, code)
+        })
+    }
+
+    fn tally(&self) -> Option<&Tally> {
+        Some(&self.tally)
+    }
+}
+
+/// The one fan-out writer: appends one stamped event per call, as fast as it can.
+struct FanWriter {
+    c: Client,
+    ns: Arc<str>,
+    id: String,
+}
+
+impl Worker for FanWriter {
+    fn op(&mut self) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            let r = self
+                .c
+                .append_events(proto::AppendEventsRequest {
+                    namespace: self.ns.to_string(),
+                    entity_id: self.id.clone(),
+                    events: vec![event(load::stamp())],
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(_) => Outcome::Success,
+                Err(s) => Outcome::Error(code(&s)),
+            }
+        })
+    }
+}
+
+async fn subscribe(mut c: Client, req: proto::StreamEventsRequest, window: Window, ready: Ready) -> Seen {
+    let mut seen = Seen::default();
+    let mut stream = match c.stream_events(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => {
+            let e = format!("{} {}", code(&s), s.message());
+            let _ = ready.send(Err(e.clone())).await;
+            seen.error = Some(e);
+            return seen;
+        }
+    };
+    let _ = ready.send(Ok(())).await;
+    drop(ready);
+    loop {
+        match stream.message().await {
+            Ok(Some(proto::StreamEventsResponse {
+                item: Some(Item::Event(e)),
+            })) => {
+                if e.seq != seen.last_seq + 1 {
+                    seen.error = Some(format!("seq {} after {}", e.seq, seen.last_seq));
+                    return seen;
+                }
+                seen.last_seq = e.seq;
+                if e.r#type == "final" {
+                    seen.finals += 1;
+                } else if e.r#type == "tick" {
+                    seen.delivered(&e.payload, &window);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                seen.closed = true;
+                return seen;
+            }
+            Err(s) => {
+                seen.error = Some(format!("stream failed after seq {}: {}", seen.last_seq, code(&s)));
+                return seen;
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The run's results as a human table or one JSON document.
+
+use super::stats::rate;
+use super::{Cell, Plan, Results, System};
+use serde_json::{Value, json};
+use std::fmt::Write;
+
+/// A latency in microseconds, readably.
+fn dur(micros: u64) -> String {
+    match micros {
+        0 => "—".into(),
+        m if m < 1_000 => format!("{m}µs"),
+        m if m < 1_000_000 => format!("{:.2}ms", m as f64 / 1e3),
+        m => format!("{:.2}s", m as f64 / 1e6),
+    }
+}
+
+fn checks(cell: &Cell) -> String {
+    if cell.failures.is_empty() {
+        "ok".into()
+    } else {
+        format!("FAILED: {}", cell.failures.join(" / "))
+    }
+}
+
+fn errors(cell: &Cell) -> String {
+    if cell.stats.errors.is_empty() {
+        return "0".into();
+    }
+    cell.stats
+        .errors
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn successes_per_s(cell: &Cell) -> f64 {
+    rate(cell.stats.successes, cell.window)
+}
+
+/// baton's successes/s over this baseline cell's, when both ran in the same cell.
+fn ratio(results: &Results, cell: &Cell) -> Option<f64> {
+    if cell.system == System::Baton || cell.skipped.is_some() {
+        return None;
+    }
+    let baton = results.cells.iter().find(|c| {
+        c.system == System::Baton && c.scenario == cell.scenario && c.clients == cell.clients && c.skipped.is_none()
+    })?;
+    let base = successes_per_s(cell);
+    (base > 0.0).then(|| successes_per_s(baton) / base)
+}
+
+/// The human table: one row per scenario × clients × system, ratios on baseline rows.
+pub fn table(results: &Results, plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "baton bench: {:?} per cell after {:?} warm-up, {} keys",
+        plan.timing.duration, plan.timing.warmup, plan.keys
+    );
+    let _ = writeln!(
+        out,
+        "{:<15} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:<12} checks",
+        "scenario", "clients", "system", "ops/s", "ok/s", "p50", "p99", "p99.9", "baton/x", "errors"
+    );
+    for c in &results.cells {
+        if let Some(why) = &c.skipped {
+            let _ = writeln!(
+                out,
+                "{:<15} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:<12} — ({why})",
+                c.scenario.name(),
+                c.clients,
+                c.system.name(),
+                "—",
+                "—",
+                "—",
+                "—",
+                "—",
+                "—",
+                "—"
+            );
+            continue;
+        }
+        let q = c.stats.latency.summary();
+        let _ = writeln!(
+            out,
+            "{:<15} {:>7} {:<9} {:>10.0} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:<12} {}",
+            c.scenario.name(),
+            c.clients,
+            c.system.name(),
+            rate(c.stats.ops(), c.window),
+            successes_per_s(c),
+            dur(q.p50),
+            dur(q.p99),
+            dur(q.p999),
+            ratio(results, c).map_or("".into(), |r| format!("{r:.2}x")),
+            errors(c),
+            checks(c)
+        );
+        if let Some(f) = &c.fanout {
+            let q = f.latency.summary();
+            let _ = writeln!(
+                out,
+                "{:<15} {:>7} {:<9} fan-out: {} subscribers, {:.0} deliveries/s, append-to-delivery p50 {} p99 {}, {}/{} got every event",
+                "",
+                "",
+                "",
+                f.subscribers,
+                rate(f.deliveries, c.window),
+                dur(q.p50),
+                dur(q.p99),
+                f.complete,
+                f.subscribers
+            );
+        }
+    }
+    match &results.idle {
+        Ok(i) => {
+            let _ = writeln!(
+                out,
+                "idle streams: {} on one entity over {} connections: server RSS {} KiB -> {} KiB, {:.2} KiB per stream",
+                i.streams, i.connections, i.rss_before_kib, i.rss_after_kib, i.kib_per_stream
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "idle streams: {e}");
+        }
+    }
+    for n in &results.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    let failed = results.cells.iter().filter(|c| !c.failures.is_empty()).count();
+    let _ = if failed == 0 {
+        writeln!(out, "checks: all ok")
+    } else {
+        writeln!(out, "checks: {failed} cell(s) FAILED")
+    };
+    out
+}
+
+fn cell_json(results: &Results, c: &Cell) -> Value {
+    let q = c.stats.latency.summary();
+    let fanout = c.fanout.as_ref().map(|f| {
+        let fq = f.latency.summary();
+        json!({
+            "subscribers": f.subscribers,
+            "deliveries": f.deliveries,
+            "deliveries_per_s": rate(f.deliveries, c.window),
+            "delivery_latency_us": { "p50": fq.p50, "p99": fq.p99, "p999": fq.p999, "max": fq.max },
+            "complete_subscribers": f.complete,
+        })
+    });
+    json!({
+        "scenario": c.scenario,
+        "clients": c.clients,
+        "system": c.system,
+        "skipped": c.skipped,
+        "window_s": c.window.as_secs_f64(),
+        "ops": c.stats.ops(),
+        "successes": c.stats.successes,
+        "misses": c.stats.misses,
+        "ops_per_s": rate(c.stats.ops(), c.window),
+        "successes_per_s": successes_per_s(c),
+        "latency_us": q,
+        "errors": c.stats.errors,
+        "checks": if c.failures.is_empty() { json!("ok") } else { json!(c.failures) },
+        "baton_over_this": ratio(results, c),
+        "fanout": fanout,
+    })
+}
+
+/// One JSON document with every cell, the idle-stream figure and the notes.
+pub fn json(results: &Results, target: &str, plan: &Plan) -> Value {
+    json!({
+        "target": target,
+        "duration_s": plan.timing.duration.as_secs_f64(),
+        "warmup_s": plan.timing.warmup.as_secs_f64(),
+        "keys": plan.keys,
+        "cells": results.cells.iter().map(|c| cell_json(results, c)).collect::<Vec<_>>(),
+        "idle_streams": match &results.idle {
+            Ok(i) => json!(i),
+            Err(e) => json!({ "error": e }),
+        },
+        "notes": results.notes,
+        "checks_ok": results.cells.iter().all(|c| c.failures.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_read_in_their_unit() {
+        assert_eq!(dur(0), "—");
+        assert_eq!(dur(812), "812µs");
+        assert_eq!(dur(1_234), "1.23ms");
+        assert_eq!(dur(2_500_000), "2.50s");
+    }
+}
