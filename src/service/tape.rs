@@ -13,7 +13,7 @@ use crate::domain::entity::Entity;
 use crate::domain::lease::Fence;
 use crate::domain::names::{EntityId, Namespace, RequestId};
 use crate::domain::tape::{self, EventInput, IfSealed, StoredEvent};
-use crate::storage::First;
+use crate::storage::{Backend, First};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
@@ -173,6 +173,9 @@ impl Coordinator {
             self.config.heartbeat,
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Postgres replicas notify each other after commit, so a notification can be lost
+        // with its replica; in-process wake-ups (SQLite) cannot be.
+        let reread_on_heartbeat = self.store.backend() == Backend::Postgres;
         // Send one event; Ok(true) once `final` went out (the stream is complete).
         let send = |ev: Arc<StoredEvent>, cursor: &mut u64| {
             let out = out.clone();
@@ -209,6 +212,11 @@ impl Coordinator {
                     _ = heartbeat.tick() => {
                         if out.send(Ok(StreamItem::Heartbeat(*cursor))).await.is_err() {
                             return Ok(());
+                        }
+                        if reread_on_heartbeat {
+                            // A replica that died between a commit and its notification
+                            // left us unwoken: the table has the truth.
+                            continue 'catch_up;
                         }
                     }
                     signal = signals.recv() => match signal {

@@ -16,10 +16,12 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, broadcast, oneshot, watch};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
 
 const TAPE_CHANNEL: &str = "baton_tape";
 const LEASE_CHANNEL: &str = "baton_lease";
+/// "Re-read everything": sent when notifications may have been lost.
+const RESYNC_CHANNEL: &str = "baton_resync";
 /// Postgres refuses NOTIFY payloads of 8000 bytes or more; events travel whole below this.
 const MAX_NOTIFY_PAYLOAD: usize = 7000;
 /// Session-level advisory lock held by the one replica that runs housekeeping.
@@ -32,6 +34,10 @@ pub struct PgStore {
     options: PgConnectOptions,
     clock: Clock,
     changes: broadcast::Sender<Change>,
+    /// Committed changes on their way to the other replicas (see [`notifier`]).
+    notices: mpsc::UnboundedSender<(&'static str, String)>,
+    /// Tags this replica's notifications, so its listener skips what it delivered itself.
+    replica: u64,
     stop_listener: watch::Sender<bool>,
     /// A dedicated (unpooled) connection holding the housekeeper lock while we hold it:
     /// session-level advisory locks never go on pooled connections.
@@ -45,6 +51,9 @@ impl PgStore {
             .map_err(|e| StoreError::Config(format!("bad Postgres URL {:?}: {e}", super::redact(url))))?
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()
+            // No ping per checkout: that is a round trip per call. A dead connection fails its
+            // first statement instead, which is reported as UNAVAILABLE and retried by clients.
+            .test_before_acquire(false)
             .max_connections(pool_size.max(2))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
@@ -59,7 +68,10 @@ impl PgStore {
         let (changes, _) = broadcast::channel(4096);
         let (stop_listener, stop) = watch::channel(false);
         let (ready_tx, ready) = oneshot::channel();
-        tokio::spawn(listen(pool.clone(), changes.clone(), stop, ready_tx));
+        let replica = uuid::Uuid::now_v7().as_u64_pair().1;
+        tokio::spawn(listen(pool.clone(), changes.clone(), replica, stop, ready_tx));
+        let (notices, queued) = mpsc::unbounded_channel();
+        tokio::spawn(notifier(pool.clone(), queued, changes.clone()));
         // Serve nothing before we can hear other replicas' commits.
         match tokio::time::timeout(Duration::from_secs(10), ready).await {
             Ok(Ok(())) => {}
@@ -76,6 +88,8 @@ impl PgStore {
             options,
             clock,
             changes,
+            notices,
+            replica,
             stop_listener,
             housekeeper: Mutex::new(None),
         })
@@ -86,55 +100,46 @@ impl PgStore {
         // One round trip: open the transaction, wait for the key's lock, read the clock and
         // the first row. Numbers are written into the text; names are dollar-quoted.
         let skew = self.clock.skew_micros();
-        let sql = match first {
-            First::Nothing => format!("BEGIN; SELECT baton_lock_now({lock_key}, {skew})"),
-            First::Entity(ns, id) => format!(
-                "BEGIN; SELECT * FROM baton_begin_entity({lock_key}, {skew}, {}, {})",
-                quote(ns.as_str()),
-                quote(id.as_str())
-            ),
-            First::Lease(ns, key) => format!(
-                "BEGIN; SELECT * FROM baton_begin_lease({lock_key}, {skew}, {}, {})",
-                quote(ns.as_str()),
-                quote(key.as_str())
-            ),
-        };
-        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(conn.get()?).await?;
-        let now: i64 = row.try_get(0)?;
+        // Separate statements, so the row is read with a snapshot taken after the lock.
+        let mut sql = format!("BEGIN; SELECT pg_advisory_xact_lock({lock_key}); SELECT baton_now_us({skew});");
+        match first {
+            First::Nothing => {}
+            First::Entity(ns, id) => {
+                sql += &format!(
+                    " SELECT {} FROM entities WHERE namespace = {} AND id = {}",
+                    rows::ENTITY_COLS,
+                    quote(ns.as_str()),
+                    quote(id.as_str())
+                )
+            }
+            First::Lease(ns, key) => {
+                sql += &format!(
+                    " SELECT {} FROM leases WHERE namespace = {} AND key = {}",
+                    rows::LEASE_COLS,
+                    quote(ns.as_str()),
+                    quote(key.as_str())
+                )
+            }
+        }
+        // Rows: the lock's (void), the clock's, then the first row if it exists.
+        let got = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_all(conn.get()?).await?;
+        let now: i64 = got
+            .get(1)
+            .ok_or_else(|| StoreError::Internal("BEGIN returned no clock".into()))?
+            .try_get(0)?;
+        let row = got.get(2);
         let first = match first {
             First::Nothing => None,
             First::Entity(ns, id) => {
-                let tuple: Option<String> = row.try_get(1)?;
-                let entity = match tuple {
-                    None => None,
-                    Some(row_id) => Some(rows::entity((
-                        row_id,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                        row.try_get(4)?,
-                        row.try_get(5)?,
-                        row.try_get(6)?,
-                        row.try_get(7)?,
-                        row.try_get(8)?,
-                        row.try_get(9)?,
-                        row.try_get(10)?,
-                        row.try_get(11)?,
-                    ))?),
-                };
+                let entity = row
+                    .map(|r| rows::entity(<rows::EntityTuple as sqlx::FromRow<_>>::from_row(r)?))
+                    .transpose()?;
                 Some(FirstRow::Entity(ns.clone(), id.clone(), entity))
             }
             First::Lease(ns, key) => {
-                let found: Option<String> = row.try_get(1)?;
-                let lease = match found {
-                    None => None,
-                    Some(k) => Some(rows::lease_row((
-                        k,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                        row.try_get(4)?,
-                        row.try_get(5)?,
-                    ))?),
-                };
+                let lease = row
+                    .map(|r| rows::lease_row(<rows::LeaseTuple as sqlx::FromRow<_>>::from_row(r)?))
+                    .transpose()?;
                 Some(FirstRow::Lease(ns.clone(), key.clone(), lease))
             }
         };
@@ -142,6 +147,10 @@ impl PgStore {
             tx: conn,
             now: Timestamp(now),
             first,
+            published: Vec::new(),
+            changes: self.changes.clone(),
+            notices: self.notices.clone(),
+            replica: self.replica,
             ops: Vec::new(),
             inserts: Vec::new(),
         })
@@ -226,6 +235,11 @@ pub struct PgTx {
     now: Timestamp,
     /// The row `begin` read, until it is asked for.
     first: Option<FirstRow>,
+    /// Changes to announce once committed.
+    published: Vec<Change>,
+    changes: broadcast::Sender<Change>,
+    notices: mpsc::UnboundedSender<(&'static str, String)>,
+    replica: u64,
     /// Writes not yet sent, as `baton_flush` operations.
     ops: Vec<serde_json::Value>,
     /// Entities inserted by the pending writes (to name a taken id).
@@ -259,7 +273,7 @@ impl PgTx {
     async fn reader(&mut self) -> Result<&mut PgConnection> {
         if !self.ops.is_empty() {
             let ops = self.take_ops();
-            let res = sqlx::query("SELECT baton_flush($1::json)")
+            let res = sqlx::query("SELECT baton_flush($1::jsonb)")
                 .bind(ops)
                 .execute(self.tx.get()?)
                 .await;
@@ -353,22 +367,7 @@ impl PgTx {
     }
 
     async fn publish_impl(&mut self, change: Change) -> Result<()> {
-        let (channel, payload) = match &change {
-            Change::Tape {
-                ns,
-                entity_id,
-                head,
-                events,
-            } => (TAPE_CHANNEL, encode_tape(ns, entity_id, *head, events)),
-            Change::LeaseFreed { ns, key } => (
-                LEASE_CHANNEL,
-                serde_json::json!({ "ns": ns.as_str(), "key": key.as_str() }).to_string(),
-            ),
-            Change::Resync => return Ok(()),
-        };
-        // Delivered by Postgres at commit, in commit order, to every listening replica.
-        self.ops
-            .push(serde_json::json!({ "op": "notify", "channel": channel, "payload": payload }));
+        self.published.push(change);
         Ok(())
     }
 
@@ -377,12 +376,26 @@ impl PgTx {
             "COMMIT".to_string()
         } else {
             let ops = self.take_ops();
-            format!("SELECT baton_flush({}::json); COMMIT", quote(&ops))
+            format!("SELECT baton_flush({}::jsonb); COMMIT", quote(&ops))
         };
         let res = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(self.tx.get()?).await;
         self.classify(res)?;
-        let PgTx { tx, .. } = self;
+        let PgTx {
+            tx,
+            published,
+            changes,
+            notices,
+            replica,
+            ..
+        } = self;
         tx.finish();
+        for change in published {
+            if let Some(notice) = encode(&change, replica) {
+                let _ = notices.send(notice);
+            }
+            // This replica's own subscribers hear it now, not after a trip through Postgres.
+            let _ = changes.send(change);
+        }
         Ok(())
     }
 }
@@ -410,6 +423,9 @@ impl_write_tx!(
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct WireTape {
+    /// The replica that committed it.
+    #[serde(default)]
+    r: u64,
     ns: String,
     id: String,
     head: u64,
@@ -427,16 +443,40 @@ struct WireEvent {
     at: i64,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct WireLease {
+    #[serde(default)]
+    r: u64,
     ns: String,
     key: String,
 }
 
+/// A change as a notification (channel, payload) for the other replicas.
+fn encode(change: &Change, replica: u64) -> Option<(&'static str, String)> {
+    match change {
+        Change::Tape {
+            ns,
+            entity_id,
+            head,
+            events,
+        } => Some((TAPE_CHANNEL, encode_tape(replica, ns, entity_id, *head, events))),
+        Change::LeaseFreed { ns, key } => {
+            let wire = WireLease {
+                r: replica,
+                ns: ns.to_string(),
+                key: key.to_string(),
+            };
+            Some((LEASE_CHANNEL, serde_json::to_string(&wire).unwrap_or_default()))
+        }
+        Change::Resync => None,
+    }
+}
+
 /// The tape notification: the new events themselves when small, else just the head.
-fn encode_tape(ns: &Namespace, id: &EntityId, head: u64, events: &[Arc<StoredEvent>]) -> String {
+fn encode_tape(replica: u64, ns: &Namespace, id: &EntityId, head: u64, events: &[Arc<StoredEvent>]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut wire = WireTape {
+        r: replica,
         ns: ns.to_string(),
         id: id.to_string(),
         head,
@@ -460,11 +500,16 @@ fn encode_tape(ns: &Namespace, id: &EntityId, head: u64, events: &[Arc<StoredEve
     serde_json::to_string(&wire).unwrap_or_default()
 }
 
-fn decode(channel: &str, payload: &str) -> Option<Change> {
+/// A notification as a change; `Some(None)` when it is this replica's own (already
+/// delivered locally at commit).
+fn decode(channel: &str, payload: &str, replica: u64) -> Option<Option<Change>> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    match channel {
+    Some(match channel {
         TAPE_CHANNEL => {
             let w: WireTape = serde_json::from_str(payload).ok()?;
+            if w.r == replica {
+                return Some(None);
+            }
             let events =
                 w.ev.into_iter()
                     .map(|e| {
@@ -487,12 +532,56 @@ fn decode(channel: &str, payload: &str) -> Option<Change> {
         }
         LEASE_CHANNEL => {
             let w: WireLease = serde_json::from_str(payload).ok()?;
+            if w.r == replica {
+                return Some(None);
+            }
             Some(Change::LeaseFreed {
                 ns: Namespace::parse("ns", w.ns).ok()?,
                 key: LeaseKey::parse("key", w.key).ok()?,
             })
         }
-        _ => None,
+        _ => return None,
+    })
+}
+
+/// Sends committed changes to the other replicas: `pg_notify` after commit, in batches
+/// (one statement for everything queued meanwhile). A NOTIFY inside the write itself would
+/// hold Postgres' cluster-wide notify lock across the commit's WAL flush, serializing
+/// every tape write; this way the lock is taken once per batch. The price: a replica that
+/// dies between a commit and its batch leaves the others' subscribers unwoken until their
+/// next heartbeat, when they re-read the table anyway (see `service::tape`).
+async fn notifier(
+    pool: PgPool,
+    mut queued: mpsc::UnboundedReceiver<(&'static str, String)>,
+    changes: broadcast::Sender<Change>,
+) {
+    // One NOTIFY statement carries at most this much payload.
+    const BATCH_BYTES: usize = 256 * 1024;
+    while let Some(first) = queued.recv().await {
+        let mut size = first.1.len();
+        let (mut channels, mut payloads) = (vec![first.0], vec![first.1]);
+        while size < BATCH_BYTES
+            && let Ok((c, p)) = queued.try_recv()
+        {
+            size += p.len();
+            channels.push(c);
+            payloads.push(p);
+        }
+        let sent = sqlx::query("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)")
+            .bind(&channels)
+            .bind(&payloads)
+            .execute(&pool)
+            .await;
+        if let Err(e) = sent {
+            // The other replicas may have missed these: ask them to re-read. If even that
+            // fails, their heartbeats will.
+            tracing::warn!(error = %e, n = payloads.len(), "cannot notify other replicas; asking them to resync");
+            let _ = changes.send(Change::Resync);
+            let _ = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(RESYNC_CHANNEL)
+                .execute(&pool)
+                .await;
+        }
     }
 }
 
@@ -501,6 +590,7 @@ fn decode(channel: &str, payload: &str) -> Option<Change> {
 async fn listen(
     pool: PgPool,
     changes: broadcast::Sender<Change>,
+    replica: u64,
     mut stop: watch::Receiver<bool>,
     ready: oneshot::Sender<()>,
 ) {
@@ -509,7 +599,7 @@ async fn listen(
     loop {
         let connected = async {
             let mut l = PgListener::connect_with(&pool).await?;
-            l.listen_all([TAPE_CHANNEL, LEASE_CHANNEL]).await?;
+            l.listen_all([TAPE_CHANNEL, LEASE_CHANNEL, RESYNC_CHANNEL]).await?;
             Ok::<_, sqlx::Error>(l)
         };
         let mut listener = tokio::select! {
@@ -536,8 +626,10 @@ async fn listen(
             tokio::select! {
                 _ = stop.changed() => return,
                 got = listener.try_recv() => match got {
-                    Ok(Some(n)) => match decode(n.channel(), n.payload()) {
-                        Some(change) => { let _ = changes.send(change); }
+                    Ok(Some(n)) if n.channel() == RESYNC_CHANNEL => { let _ = changes.send(Change::Resync); }
+                    Ok(Some(n)) => match decode(n.channel(), n.payload(), replica) {
+                        Some(Some(change)) => { let _ = changes.send(change); }
+                        Some(None) => {}
                         None => tracing::warn!(channel = n.channel(), "undecodable notification"),
                     },
                     // Connection lost and re-established (eager reconnect): we may have

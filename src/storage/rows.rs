@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 pub type LeaseTuple = (String, i64, Option<String>, i64, i64);
 
+pub const LEASE_COLS: &str = "key, token, holder, acquired_at_us, expires_at_us";
 pub const SELECT_LEASE: &str =
     "SELECT key, token, holder, acquired_at_us, expires_at_us FROM leases WHERE namespace = $1 AND key = $2";
 pub const UPSERT_LEASE: &str = "INSERT INTO leases (namespace, key, token, holder, acquired_at_us, expires_at_us) \
