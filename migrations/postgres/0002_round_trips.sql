@@ -2,6 +2,9 @@
 -- and first row, sent as one multi-statement query) and one to commit (all its writes,
 -- then COMMIT).
 
+-- Replaced by that multi-statement begin.
+DROP FUNCTION baton_lock_now(BIGINT, BIGINT);
+
 -- The writes of one transaction, sent together with its COMMIT in one round trip.
 -- `ops` is a JSON array of operations, applied in order; any failure aborts the
 -- transaction (jsonb: parsed once, so each field costs a lookup, not a re-parse).

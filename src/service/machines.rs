@@ -37,15 +37,12 @@ impl MachineCache {
         map.get(&(ns.clone(), kind.clone())).cloned()
     }
 
-    fn put(&self, ns: &Namespace, m: &StoredMachine) {
-        let Ok(kind) = Name::parse("kind", m.machine.kind().to_string()) else {
-            return;
-        };
+    fn put(&self, ns: &Namespace, kind: &Name, m: &StoredMachine) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= CACHE_CAPACITY {
             map.clear();
         }
-        let slot = map.entry((ns.clone(), kind)).or_insert_with(|| m.clone());
+        let slot = map.entry((ns.clone(), kind.clone())).or_insert_with(|| m.clone());
         if slot.version < m.version {
             *slot = m.clone();
         }
@@ -79,7 +76,7 @@ impl Coordinator {
                     what: "machine",
                     name: kind.to_string(),
                 })?;
-                self.machines.put(ns, &stored);
+                self.machines.put(ns, kind, &stored);
                 Planned { stored, cached: false }
             }
         };
@@ -174,7 +171,7 @@ impl Coordinator {
         };
         tx.put_machine(&ns, &stored).await?;
         tx.commit().await?;
-        self.machines.put(&ns, &stored);
+        self.machines.put(&ns, &kind, &stored);
         Ok(DefineOutcome {
             machine: stored,
             changed: true,

@@ -14,8 +14,10 @@ pub use entities::{CreateCmd, CreateOutcome, TransitionCmd, TransitionOutcome};
 pub use error::Error;
 pub use hub::Hub;
 pub use leases::{AcquireCmd, AcquireOutcome, LeaseView};
-pub use machines::{DefineOutcome, MachineCache};
-pub use queue::KeyQueue;
+pub use machines::DefineOutcome;
+
+use machines::MachineCache;
+use queue::KeyQueue;
 pub use tape::{AppendCmd, AppendOutcome, StreamItem};
 
 use crate::storage::Store;
@@ -80,11 +82,6 @@ impl Coordinator {
     /// The replica's wake-up hub.
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
-    }
-
-    /// The replica's per-key write queue.
-    pub fn queue(&self) -> &Arc<KeyQueue> {
-        &self.queue
     }
 
     /// Deletes expired request outcomes when this replica is the housekeeper.

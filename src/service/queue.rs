@@ -34,16 +34,6 @@ impl KeyQueue {
         }
     }
 
-    /// Keys with a writer in flight or waiting (for tests).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when no key has a writer.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<tokio::sync::Mutex<()>>>> {
         // A panic elsewhere cannot leave the map half-updated: every change is one call.
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
@@ -93,6 +83,6 @@ mod tests {
             w.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
-        assert!(queue.is_empty(), "no entry left behind");
+        assert!(queue.lock().is_empty(), "no entry left behind");
     }
 }

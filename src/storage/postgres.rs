@@ -1,6 +1,8 @@
 //! The Postgres adapter: many replicas on one database. Writers of a key serialize on
-//! `pg_advisory_xact_lock` (taken with the clock read by `baton_lock_now`); commits announce
-//! themselves with `NOTIFY`, and one `LISTEN` connection per replica hears every replica.
+//! `pg_advisory_xact_lock`; a write costs two round trips (begin with its lock and first
+//! row; writes with COMMIT). Committed changes reach this replica's subscribers at once and
+//! the other replicas by a batched `NOTIFY` after commit; one `LISTEN` connection per
+//! replica hears them.
 
 use super::rows::{self, impl_store, impl_write_tx};
 use super::{Backend, Change, First, Result, StoreError, StoredMachine, Write};
@@ -34,10 +36,8 @@ pub struct PgStore {
     options: PgConnectOptions,
     clock: Clock,
     changes: broadcast::Sender<Change>,
-    /// Committed changes on their way to the other replicas (see [`notifier`]).
-    notices: mpsc::UnboundedSender<(&'static str, String)>,
-    /// Tags this replica's notifications, so its listener skips what it delivered itself.
-    replica: u64,
+    /// Where committed changes go.
+    announcer: Arc<Announcer>,
     stop_listener: watch::Sender<bool>,
     /// A dedicated (unpooled) connection holding the housekeeper lock while we hold it:
     /// session-level advisory locks never go on pooled connections.
@@ -71,7 +71,12 @@ impl PgStore {
         let replica = uuid::Uuid::now_v7().as_u64_pair().1;
         tokio::spawn(listen(pool.clone(), changes.clone(), replica, stop, ready_tx));
         let (notices, queued) = mpsc::unbounded_channel();
-        tokio::spawn(notifier(pool.clone(), queued, changes.clone()));
+        tokio::spawn(notifier(pool.clone(), queued));
+        let announcer = Arc::new(Announcer {
+            changes: changes.clone(),
+            notices,
+            replica,
+        });
         // Serve nothing before we can hear other replicas' commits.
         match tokio::time::timeout(Duration::from_secs(10), ready).await {
             Ok(Ok(())) => {}
@@ -88,8 +93,7 @@ impl PgStore {
             options,
             clock,
             changes,
-            notices,
-            replica,
+            announcer,
             stop_listener,
             housekeeper: Mutex::new(None),
         })
@@ -148,11 +152,9 @@ impl PgStore {
             now: Timestamp(now),
             first,
             published: Vec::new(),
-            changes: self.changes.clone(),
-            notices: self.notices.clone(),
-            replica: self.replica,
+            announcer: self.announcer.clone(),
             ops: Vec::new(),
-            inserts: Vec::new(),
+            inserted: None,
         })
     }
 
@@ -237,13 +239,11 @@ pub struct PgTx {
     first: Option<FirstRow>,
     /// Changes to announce once committed.
     published: Vec<Change>,
-    changes: broadcast::Sender<Change>,
-    notices: mpsc::UnboundedSender<(&'static str, String)>,
-    replica: u64,
+    announcer: Arc<Announcer>,
     /// Writes not yet sent, as `baton_flush` operations.
     ops: Vec<serde_json::Value>,
-    /// Entities inserted by the pending writes (to name a taken id).
-    inserts: Vec<EntityId>,
+    /// The entity inserted by the pending writes, if any (to name a taken id).
+    inserted: Option<EntityId>,
 }
 
 /// A row read by `begin`.
@@ -287,21 +287,8 @@ impl PgTx {
     }
 
     fn classify<T>(&mut self, res: std::result::Result<T, sqlx::Error>) -> Result<T> {
-        let inserted = std::mem::take(&mut self.inserts).pop();
-        res.map_err(|err| {
-            let taken = match &err {
-                sqlx::Error::Database(db) => matches!(db.constraint(), Some("entities_pkey" | "entities_dedup")),
-                _ => false,
-            };
-            match inserted {
-                // The service inserts one entity per transaction, so this names it.
-                Some(id) if taken => StoreError::Rejected(crate::domain::DomainError::AlreadyExists {
-                    what: "entity",
-                    name: id.to_string(),
-                }),
-                _ => err.into(),
-            }
-        })
+        let inserted = self.inserted.take();
+        res.map_err(|err| rows::write_error(err, inserted.as_ref()))
     }
 
     async fn expect_machine_impl(&mut self, lock_key: i64, ns: &Namespace, kind: &Name, version: u64) -> Result<()> {
@@ -334,7 +321,7 @@ impl PgTx {
                 "spec": rows::machine_json(m)?, "at": m.defined_at.0,
             }),
             Write::InsertEntity { ns, e } => {
-                self.inserts.push(e.id.clone());
+                self.inserted = Some(e.id.clone());
                 json!({
                     "op": "insert_entity", "ns": ns.as_str(), "id": e.id.as_str(), "kind": e.kind.as_str(),
                     "state": e.state, "version": e.version, "fields": rows::fields_json(&e.fields),
@@ -383,19 +370,11 @@ impl PgTx {
         let PgTx {
             tx,
             published,
-            changes,
-            notices,
-            replica,
+            announcer,
             ..
         } = self;
         tx.finish();
-        for change in published {
-            if let Some(notice) = encode(&change, replica) {
-                let _ = notices.send(notice);
-            }
-            // This replica's own subscribers hear it now, not after a trip through Postgres.
-            let _ = changes.send(change);
-        }
+        announcer.announce(published);
         Ok(())
     }
 }
@@ -423,9 +402,6 @@ impl_write_tx!(
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct WireTape {
-    /// The replica that committed it.
-    #[serde(default)]
-    r: u64,
     ns: String,
     id: String,
     head: u64,
@@ -445,24 +421,46 @@ struct WireEvent {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct WireLease {
-    #[serde(default)]
-    r: u64,
     ns: String,
     key: String,
 }
 
+/// Announces committed changes: to this replica's subscribers at once, to the others
+/// through the notifier.
+struct Announcer {
+    changes: broadcast::Sender<Change>,
+    notices: mpsc::UnboundedSender<(&'static str, String)>,
+    /// Prefixes this replica's notifications, so its listener skips them unread.
+    replica: u64,
+}
+
+impl Announcer {
+    fn announce(&self, committed: Vec<Change>) {
+        for change in committed {
+            if let Some((channel, payload)) = encode(&change) {
+                let _ = self.notices.send((channel, format!("{}{payload}", tag(self.replica))));
+            }
+            let _ = self.changes.send(change);
+        }
+    }
+}
+
+/// The fixed-width prefix naming the replica a notification came from.
+fn tag(replica: u64) -> String {
+    format!("{replica:016x}")
+}
+
 /// A change as a notification (channel, payload) for the other replicas.
-fn encode(change: &Change, replica: u64) -> Option<(&'static str, String)> {
+fn encode(change: &Change) -> Option<(&'static str, String)> {
     match change {
         Change::Tape {
             ns,
             entity_id,
             head,
             events,
-        } => Some((TAPE_CHANNEL, encode_tape(replica, ns, entity_id, *head, events))),
+        } => Some((TAPE_CHANNEL, encode_tape(ns, entity_id, *head, events))),
         Change::LeaseFreed { ns, key } => {
             let wire = WireLease {
-                r: replica,
                 ns: ns.to_string(),
                 key: key.to_string(),
             };
@@ -473,10 +471,9 @@ fn encode(change: &Change, replica: u64) -> Option<(&'static str, String)> {
 }
 
 /// The tape notification: the new events themselves when small, else just the head.
-fn encode_tape(replica: u64, ns: &Namespace, id: &EntityId, head: u64, events: &[Arc<StoredEvent>]) -> String {
+fn encode_tape(ns: &Namespace, id: &EntityId, head: u64, events: &[Arc<StoredEvent>]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut wire = WireTape {
-        r: replica,
         ns: ns.to_string(),
         id: id.to_string(),
         head,
@@ -500,16 +497,12 @@ fn encode_tape(replica: u64, ns: &Namespace, id: &EntityId, head: u64, events: &
     serde_json::to_string(&wire).unwrap_or_default()
 }
 
-/// A notification as a change; `Some(None)` when it is this replica's own (already
-/// delivered locally at commit).
-fn decode(channel: &str, payload: &str, replica: u64) -> Option<Option<Change>> {
+/// A notification (its replica prefix removed) as a change.
+fn decode(channel: &str, payload: &str) -> Option<Change> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    Some(match channel {
+    match channel {
         TAPE_CHANNEL => {
             let w: WireTape = serde_json::from_str(payload).ok()?;
-            if w.r == replica {
-                return Some(None);
-            }
             let events =
                 w.ev.into_iter()
                     .map(|e| {
@@ -532,16 +525,13 @@ fn decode(channel: &str, payload: &str, replica: u64) -> Option<Option<Change>> 
         }
         LEASE_CHANNEL => {
             let w: WireLease = serde_json::from_str(payload).ok()?;
-            if w.r == replica {
-                return Some(None);
-            }
             Some(Change::LeaseFreed {
                 ns: Namespace::parse("ns", w.ns).ok()?,
                 key: LeaseKey::parse("key", w.key).ok()?,
             })
         }
-        _ => return None,
-    })
+        _ => None,
+    }
 }
 
 /// Sends committed changes to the other replicas: `pg_notify` after commit, in batches
@@ -550,11 +540,7 @@ fn decode(channel: &str, payload: &str, replica: u64) -> Option<Option<Change>> 
 /// every tape write; this way the lock is taken once per batch. The price: a replica that
 /// dies between a commit and its batch leaves the others' subscribers unwoken until their
 /// next heartbeat, when they re-read the table anyway (see `service::tape`).
-async fn notifier(
-    pool: PgPool,
-    mut queued: mpsc::UnboundedReceiver<(&'static str, String)>,
-    changes: broadcast::Sender<Change>,
-) {
+async fn notifier(pool: PgPool, mut queued: mpsc::UnboundedReceiver<(&'static str, String)>) {
     // One NOTIFY statement carries at most this much payload.
     const BATCH_BYTES: usize = 256 * 1024;
     while let Some(first) = queued.recv().await {
@@ -573,10 +559,9 @@ async fn notifier(
             .execute(&pool)
             .await;
         if let Err(e) = sent {
-            // The other replicas may have missed these: ask them to re-read. If even that
-            // fails, their heartbeats will.
+            // The other replicas may have missed these: ask them to re-read (this replica
+            // delivered them itself). If even that fails, their heartbeats will.
             tracing::warn!(error = %e, n = payloads.len(), "cannot notify other replicas; asking them to resync");
-            let _ = changes.send(Change::Resync);
             let _ = sqlx::query("SELECT pg_notify($1, '')")
                 .bind(RESYNC_CHANNEL)
                 .execute(&pool)
@@ -594,6 +579,7 @@ async fn listen(
     mut stop: watch::Receiver<bool>,
     ready: oneshot::Sender<()>,
 ) {
+    let own = tag(replica);
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -627,9 +613,10 @@ async fn listen(
                 _ = stop.changed() => return,
                 got = listener.try_recv() => match got {
                     Ok(Some(n)) if n.channel() == RESYNC_CHANNEL => { let _ = changes.send(Change::Resync); }
-                    Ok(Some(n)) => match decode(n.channel(), n.payload(), replica) {
-                        Some(Some(change)) => { let _ = changes.send(change); }
-                        Some(None) => {}
+                    // Our own: delivered at commit already; skipped without parsing.
+                    Ok(Some(n)) if n.payload().starts_with(own.as_str()) => {}
+                    Ok(Some(n)) => match n.payload().get(own.len()..).and_then(|p| decode(n.channel(), p)) {
+                        Some(change) => { let _ = changes.send(change); }
                         None => tracing::warn!(channel = n.channel(), "undecodable notification"),
                     },
                     // Connection lost and re-established (eager reconnect): we may have

@@ -63,15 +63,21 @@ pub const SELECT_EVENTS: &str = "SELECT seq, type, content_type, payload, state,
 pub const INSERT_EVENTS_PREFIX: &str =
     "INSERT INTO events (namespace, entity_id, seq, type, content_type, payload, state, created_at_us) ";
 
-/// A failed write, classified: a taken entity id is the caller's mistake, not ours.
-pub fn write_error(err: sqlx::Error, w: super::Write<'_>) -> StoreError {
-    match w {
-        super::Write::InsertEntity { e, .. } if StoreError::is_unique_violation(&err) => {
-            StoreError::Rejected(crate::domain::DomainError::AlreadyExists {
-                what: "entity",
-                name: e.id.to_string(),
-            })
+/// A failed write, classified: an entity id or dedup key already taken by `inserted` is
+/// the caller's mistake, not ours.
+pub fn write_error(err: sqlx::Error, inserted: Option<&EntityId>) -> StoreError {
+    let taken = match &err {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() && matches!(db.constraint(), None | Some("entities_pkey" | "entities_dedup"))
         }
+        _ => false,
+    };
+    match inserted {
+        // The service inserts one entity per transaction, so this names it.
+        Some(id) if taken => StoreError::Rejected(crate::domain::DomainError::AlreadyExists {
+            what: "entity",
+            name: id.to_string(),
+        }),
         _ => err.into(),
     }
 }

@@ -192,7 +192,13 @@ impl SqliteTx {
         };
         match query.execute(&mut *self.tx).await {
             Ok(_) => Ok(()),
-            Err(err) => Err(rows::write_error(err, w)),
+            Err(err) => Err(rows::write_error(
+                err,
+                match w {
+                    Write::InsertEntity { e, .. } => Some(&e.id),
+                    _ => None,
+                },
+            )),
         }
     }
 
