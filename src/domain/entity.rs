@@ -2,8 +2,34 @@
 
 use super::DomainError;
 use super::names::{DedupKey, EntityId, Name};
+use super::tape::{Seq, StoredEvent};
 use super::time::Timestamp;
 use std::collections::{BTreeMap, HashMap};
+
+/// An entity's version: 1 at creation, +1 per applied transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Version(u64);
+
+impl Version {
+    /// A new entity's version.
+    pub const FIRST: Version = Version(1);
+
+    /// Parses a version (versions start at 1 and are stored as signed 64-bit integers).
+    pub fn parse(field: &str, v: u64) -> Result<Self, DomainError> {
+        if v == 0 || v > i64::MAX as u64 {
+            return Err(DomainError::invalid(field, "versions start at 1"));
+        }
+        Ok(Self(v))
+    }
+
+    /// The version after an applied transition.
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+counter!(Version, "version");
 
 /// Most fields an entity may hold.
 pub const MAX_FIELDS: usize = 64;
@@ -57,7 +83,7 @@ pub struct Entity {
     /// Current state.
     pub state: String,
     /// 1 at creation, +1 per applied transition.
-    pub version: u64,
+    pub version: Version,
     /// String fields.
     pub fields: Fields,
     /// Dedup key, if created with one.
@@ -69,7 +95,24 @@ pub struct Entity {
     /// Last transition or append: what staleness guards measure.
     pub last_activity_at: Timestamp,
     /// Head of the tape (0 when empty).
-    pub last_seq: u64,
+    pub last_seq: Seq,
     /// Seq of `final` once sealed.
-    pub final_seq: Option<u64>,
+    pub final_seq: Option<Seq>,
+}
+
+/// What a write does to one entity, as the domain decided it: the entity after, and the
+/// events to append to its tape (numbered after the old head, gapless).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityChange {
+    /// The entity after the write.
+    pub entity: Entity,
+    /// The new events, in seq order.
+    pub events: Vec<StoredEvent>,
+}
+
+impl EntityChange {
+    /// The seqs appended.
+    pub fn seqs(&self) -> Vec<Seq> {
+        self.events.iter().map(|e| e.seq).collect()
+    }
 }

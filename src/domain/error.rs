@@ -1,6 +1,9 @@
 //! Rule violations. Each variant carries the context a client needs to act without
 //! re-reading (current state, version, token ...).
 
+use super::entity::Version;
+use super::tape::Seq;
+
 /// A request broke a rule of baton's contract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
@@ -13,7 +16,7 @@ pub enum DomainError {
     InvalidTransition {
         transition: String,
         current_state: String,
-        version: u64,
+        version: Version,
         allowed_from: Vec<String>,
         /// Extra words for humans, e.g. why a staleness guard failed.
         detail: String,
@@ -22,8 +25,8 @@ pub enum DomainError {
     /// `expect_version` did not match.
     #[error("expected version {expected}, entity is at version {version} (state {current_state:?})")]
     VersionMismatch {
-        expected: u64,
-        version: u64,
+        expected: Version,
+        version: Version,
         current_state: String,
     },
 
@@ -38,7 +41,7 @@ pub enum DomainError {
 
     /// The tape holds `final`; nothing more is stored.
     #[error("tape is sealed at final seq {final_seq}")]
-    TapeSealed { final_seq: u64 },
+    TapeSealed { final_seq: Seq },
 
     /// A field is not allowed in the state the entity is or would be in.
     #[error("field {field:?} is not allowed in state {state:?} (allowed in {allowed_in:?})")]
@@ -66,7 +69,7 @@ pub enum DomainError {
 
     /// A tape cursor points before the retained events.
     #[error("after_seq is before the earliest retained event {earliest_seq}")]
-    OutOfRange { earliest_seq: u64 },
+    OutOfRange { earliest_seq: Seq },
 }
 
 fn current_desc(token: &Option<u64>, holder: &Option<String>) -> String {

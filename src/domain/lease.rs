@@ -37,12 +37,16 @@ impl Ttl {
 /// The longest `wait` an AcquireLease may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// A fencing token: >= 1 and strictly increasing per key (I2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub struct FencingToken(pub u64);
+/// A fencing token: >= 1 and strictly increasing per key (I2). Made only by [`parse`]
+/// (requests, stored rows) and by [`decide_acquire`] (the next grant).
+///
+/// [`parse`]: FencingToken::parse
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct FencingToken(u64);
 
 impl FencingToken {
-    /// Parses a token from a request (0 is never granted).
+    /// Parses a token (0 is never granted; tokens are stored as signed 64-bit integers).
     pub fn parse(field: &str, t: u64) -> Result<Self, DomainError> {
         if t == 0 || t > i64::MAX as u64 {
             return Err(DomainError::invalid(
@@ -52,7 +56,14 @@ impl FencingToken {
         }
         Ok(Self(t))
     }
+
+    /// The token granted after this one (I2).
+    fn next(this: Option<Self>) -> Self {
+        Self(this.map_or(0, |t| t.0) + 1)
+    }
 }
+
+counter!(FencingToken, "token");
 
 /// `(key, token)` carried by a fenced write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +145,7 @@ pub fn decide_acquire(
         None => AcquireDecision::Grant(Lease {
             key: key.clone(),
             holder: holder.clone(),
-            token: FencingToken(row.map_or(0, |r| r.token.0) + 1),
+            token: FencingToken::next(row.map(|r| r.token)),
             acquired_at: now,
             expires_at,
         }),
@@ -154,8 +165,8 @@ pub fn check_fence(
         Some(l) if l.token == token => Ok(l),
         _ => Err(DomainError::LeaseLost {
             key: key.to_string(),
-            token: token.0,
-            current_token: live.as_ref().map(|l| l.token.0).or(row.map(|r| r.token.0)),
+            token: token.get(),
+            current_token: live.as_ref().map(|l| l.token.get()).or(row.map(|r| r.token.get())),
             current_holder: live.map(|l| l.holder.to_string()),
         }),
     }
@@ -209,7 +220,7 @@ mod tests {
         let AcquireDecision::Grant(a) = decide_acquire(None, &key(), &holder("a"), ttl(), t0) else {
             panic!()
         };
-        assert_eq!(a.token, FencingToken(1));
+        assert_eq!(a.token.get(), 1);
         // b is refused while a is live
         let row = row_from(&a);
         assert!(matches!(
@@ -221,7 +232,7 @@ mod tests {
         let AcquireDecision::Grant(b) = decide_acquire(Some(&row), &key(), &holder("b"), ttl(), later) else {
             panic!()
         };
-        assert_eq!(b.token, FencingToken(2));
+        assert_eq!(b.token.get(), 2);
         // a released row still counts
         let released = LeaseRow {
             holder: None,
@@ -230,7 +241,7 @@ mod tests {
         let AcquireDecision::Grant(c) = decide_acquire(Some(&released), &key(), &holder("a"), ttl(), later) else {
             panic!()
         };
-        assert_eq!(c.token, FencingToken(3));
+        assert_eq!(c.token.get(), 3);
     }
 
     #[test]
@@ -256,7 +267,7 @@ mod tests {
         };
         let row = row_from(&a);
         assert!(check_fence(Some(&row), &key(), a.token, t0).is_ok());
-        assert!(check_fence(Some(&row), &key(), FencingToken(7), t0).is_err());
+        assert!(check_fence(Some(&row), &key(), FencingToken::parse("t", 7).unwrap(), t0).is_err());
         let expired = t0.plus(Duration::from_secs(10));
         let err = check_fence(Some(&row), &key(), a.token, expired).unwrap_err();
         assert!(matches!(

@@ -39,16 +39,32 @@ fn identifier(field: &str, s: &str) -> Result<(), DomainError> {
 }
 
 macro_rules! newtype {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*
+        // Deserialized only through `parse` (stored outcomes and specs are read back with the
+        // same rules as requests).
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-        #[serde(transparent)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
             /// The validated string.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = DomainError;
+
+            fn try_from(s: String) -> Result<Self, DomainError> {
+                Self::parse($field, s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
             }
         }
 
@@ -68,31 +84,38 @@ macro_rules! newtype {
 
 newtype!(
     /// A tenant's space: `[a-z0-9][a-z0-9_.-]{0,62}`.
-    Namespace
+    Namespace,
+    "namespace"
 );
 newtype!(
     /// A lease key: 1..256 bytes, no control characters.
-    LeaseKey
+    LeaseKey,
+    "key"
 );
 newtype!(
     /// A lease holder's identity: 1..128 bytes, no control characters.
-    Holder
+    Holder,
+    "holder"
 );
 newtype!(
     /// An entity id: `[A-Za-z0-9_.:-]{1,128}`.
-    EntityId
+    EntityId,
+    "id"
 );
 newtype!(
     /// A machine kind, state, field or transition name: `[a-z][a-z0-9_]{0,62}`.
-    Name
+    Name,
+    "name"
 );
 newtype!(
     /// A dedup key: 1..256 bytes, no control characters.
-    DedupKey
+    DedupKey,
+    "dedup_key"
 );
 newtype!(
     /// An idempotency key: 1..128 bytes, no control characters.
-    RequestId
+    RequestId,
+    "request_id"
 );
 
 impl Namespace {
@@ -175,12 +198,17 @@ impl DedupKey {
 }
 
 impl RequestId {
+    /// Parses a request id.
+    pub fn parse(field: &str, s: String) -> Result<Self, DomainError> {
+        free_form(field, &s, 128).map(|()| Self(s))
+    }
+
     /// Parses a request id; the empty string means "none".
     pub fn parse_optional(field: &str, s: String) -> Result<Option<Self>, DomainError> {
         if s.is_empty() {
             Ok(None)
         } else {
-            free_form(field, &s, 128).map(|()| Some(Self(s)))
+            Self::parse(field, s).map(Some)
         }
     }
 }

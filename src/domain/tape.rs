@@ -1,7 +1,34 @@
 //! The event tape (I6, I7): numbering, limits, and what happens on a sealed tape.
 
 use super::DomainError;
+use super::entity::{Entity, EntityChange};
 use super::time::Timestamp;
+
+/// A position on a tape: events are 1, 2, 3 … with no gaps (I6); 0 is "before the first
+/// event" (an empty tape's head, a stream's starting cursor).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Seq(u64);
+
+impl Seq {
+    /// Before the first event.
+    pub const ZERO: Seq = Seq(0);
+
+    /// Parses a seq (stored as a signed 64-bit integer).
+    pub fn parse(field: &str, v: u64) -> Result<Self, DomainError> {
+        if v > i64::MAX as u64 {
+            return Err(DomainError::invalid(field, "is out of range"));
+        }
+        Ok(Self(v))
+    }
+
+    /// The next position.
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+counter!(Seq, "seq");
 
 /// Type of the one event that seals a tape.
 pub const FINAL: &str = "final";
@@ -119,7 +146,7 @@ pub enum IfSealed {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredEvent {
     /// Position, 1-based and gapless.
-    pub seq: u64,
+    pub seq: Seq,
     /// Type.
     pub event_type: String,
     /// Payload.
@@ -139,46 +166,74 @@ impl StoredEvent {
     }
 }
 
-/// Decides an append onto a tape whose head is `last_seq`: numbered events, or the sealed
+/// What AppendEvents does, as the domain decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendPlan {
+    /// Store these events and move the head (and `last_activity_at`).
+    Append(EntityChange),
+    /// The tape is sealed and the caller asked to drop: nothing is stored.
+    Dropped {
+        /// Seq of the tape's `final`.
+        final_seq: Seq,
+    },
+}
+
+/// Decides an append onto `entity`'s tape: numbered events after the head, or the sealed
 /// outcome (I7: nothing is ever stored after `final`).
 pub fn plan_append(
-    last_seq: u64,
-    final_seq: Option<u64>,
+    entity: &Entity,
     inputs: &[EventInput],
     if_sealed: IfSealed,
     now: Timestamp,
-) -> Result<Result<Vec<StoredEvent>, u64>, DomainError> {
-    if let Some(final_seq) = final_seq {
+) -> Result<AppendPlan, DomainError> {
+    if let Some(final_seq) = entity.final_seq {
         return match if_sealed {
             IfSealed::Reject => Err(DomainError::TapeSealed { final_seq }),
-            IfSealed::Drop => Ok(Err(final_seq)),
+            IfSealed::Drop => Ok(AppendPlan::Dropped { final_seq }),
         };
     }
-    Ok(Ok(number(
-        last_seq,
-        inputs
-            .iter()
-            .map(|e| (e.event_type.clone(), e.payload.clone(), e.content_type.clone(), None)),
+    let events = number(
+        entity.last_seq,
+        inputs.iter().map(|e| NewEvent {
+            event_type: e.event_type.clone(),
+            payload: e.payload.clone(),
+            content_type: e.content_type.clone(),
+            state: None,
+        }),
         now,
-    )))
+    );
+    let entity = Entity {
+        last_seq: events.last().map_or(entity.last_seq, |e| e.seq),
+        last_activity_at: now,
+        ..entity.clone()
+    };
+    Ok(AppendPlan::Append(EntityChange { entity, events }))
+}
+
+/// An event about to be numbered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewEvent {
+    pub event_type: String,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    pub state: Option<String>,
 }
 
 /// Numbers events after `last_seq` (I6: gapless).
-pub fn number(
-    last_seq: u64,
-    events: impl IntoIterator<Item = (String, Vec<u8>, String, Option<String>)>,
-    now: Timestamp,
-) -> Vec<StoredEvent> {
+pub(crate) fn number(last_seq: Seq, events: impl IntoIterator<Item = NewEvent>, now: Timestamp) -> Vec<StoredEvent> {
+    let mut seq = last_seq;
     events
         .into_iter()
-        .zip(last_seq + 1..)
-        .map(|((event_type, payload, content_type, state), seq)| StoredEvent {
-            seq,
-            event_type,
-            payload,
-            content_type,
-            state,
-            created_at: now,
+        .map(|e| {
+            seq = seq.next();
+            StoredEvent {
+                seq,
+                event_type: e.event_type,
+                payload: e.payload,
+                content_type: e.content_type,
+                state: e.state,
+                created_at: now,
+            }
         })
         .collect()
 }
@@ -187,18 +242,45 @@ pub fn number(
 mod tests {
     use super::*;
 
+    use crate::domain::entity::{Fields, Version};
+    use crate::domain::names::{EntityId, Name};
+
+    fn entity(last_seq: u64, final_seq: Option<u64>) -> Entity {
+        Entity {
+            id: EntityId::parse("id", "e".into()).unwrap(),
+            kind: Name::parse("kind", "task".into()).unwrap(),
+            state: "running".into(),
+            version: Version::FIRST,
+            fields: Fields::new(),
+            dedup_key: None,
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+            last_activity_at: Timestamp(0),
+            last_seq: Seq(last_seq),
+            final_seq: final_seq.map(Seq),
+        }
+    }
+
     #[test]
     fn i7_sealed_tape_rejects_or_drops() {
         let ev = vec![EventInput::parse("e", "progress".into(), vec![1], String::new()).unwrap()];
+        let sealed = entity(5, Some(5));
         assert_eq!(
-            plan_append(5, Some(5), &ev, IfSealed::Reject, Timestamp(0)),
-            Err(DomainError::TapeSealed { final_seq: 5 })
+            plan_append(&sealed, &ev, IfSealed::Reject, Timestamp(0)),
+            Err(DomainError::TapeSealed { final_seq: Seq(5) })
         );
-        assert_eq!(plan_append(5, Some(5), &ev, IfSealed::Drop, Timestamp(0)), Ok(Err(5)));
-        let stored = plan_append(5, None, &ev, IfSealed::Reject, Timestamp(0))
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored[0].seq, 6);
+        assert_eq!(
+            plan_append(&sealed, &ev, IfSealed::Drop, Timestamp(0)),
+            Ok(AppendPlan::Dropped { final_seq: Seq(5) })
+        );
+        let Ok(AppendPlan::Append(change)) = plan_append(&entity(5, None), &ev, IfSealed::Reject, Timestamp(9)) else {
+            panic!("an open tape takes the events")
+        };
+        assert_eq!(change.seqs(), [Seq(6)]);
+        assert_eq!(
+            (change.entity.last_seq, change.entity.last_activity_at),
+            (Seq(6), Timestamp(9))
+        );
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! Proto ↔ domain. Requests are parsed into domain values here (failures name the field);
-//! responses are built from domain values.
+//! Domain → proto: responses built from what the service returned. (Requests go the other
+//! way in `parse`.)
 
-use crate::domain::DomainError;
 use crate::domain::entity::Entity;
-use crate::domain::lease::{Fence, FencingToken, Lease};
-use crate::domain::machine::{FieldRule, MachineSpec, TransitionSpec};
-use crate::domain::names::LeaseKey;
+use crate::domain::lease::Lease;
+use crate::domain::machine::{MachineSpec, StoredMachine};
 use crate::domain::tape::StoredEvent;
 use crate::domain::time::Timestamp;
 use crate::proto;
-use crate::storage::StoredMachine;
+use crate::service::{
+    AcquireOutcome, AppendOutcome, CreateOutcome, DefineOutcome, LeaseView, StreamItem, TransitionOutcome,
+};
 use std::time::Duration;
 
 /// Domain time to proto.
@@ -20,15 +20,6 @@ pub fn ts(t: Timestamp) -> prost_types::Timestamp {
     }
 }
 
-/// Proto duration to std; negative or malformed is INVALID_ARGUMENT.
-pub fn duration(field: &str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, DomainError> {
-    let Some(d) = d else { return Ok(None) };
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(DomainError::invalid(field, "must be a non-negative duration"));
-    }
-    Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32)))
-}
-
 /// Std duration to proto.
 pub fn pduration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -37,23 +28,12 @@ pub fn pduration(d: Duration) -> prost_types::Duration {
     }
 }
 
-/// Optional fence.
-pub fn fence(field: &str, f: Option<proto::Fence>) -> Result<Option<Fence>, DomainError> {
-    f.map(|f| {
-        Ok(Fence {
-            key: LeaseKey::parse(&format!("{field}.key"), f.key)?,
-            token: FencingToken::parse(&format!("{field}.token"), f.token)?,
-        })
-    })
-    .transpose()
-}
-
 /// Lease to proto.
 pub fn lease(l: Lease) -> proto::Lease {
     proto::Lease {
         key: l.key.to_string(),
         holder: l.holder.to_string(),
-        token: l.token.0,
+        token: l.token.get(),
         acquired_at: Some(ts(l.acquired_at)),
         expires_at: Some(ts(l.expires_at)),
     }
@@ -65,13 +45,13 @@ pub fn entity(e: Entity) -> proto::Entity {
         id: e.id.to_string(),
         kind: e.kind.to_string(),
         state: e.state,
-        version: e.version,
+        version: e.version.get(),
         fields: e.fields.into_iter().collect(),
         dedup_key: e.dedup_key.map(|d| d.to_string()).unwrap_or_default(),
         created_at: Some(ts(e.created_at)),
         updated_at: Some(ts(e.updated_at)),
         last_activity_at: Some(ts(e.last_activity_at)),
-        last_seq: e.last_seq,
+        last_seq: e.last_seq.get(),
         sealed: e.final_seq.is_some(),
     }
 }
@@ -79,47 +59,13 @@ pub fn entity(e: Entity) -> proto::Entity {
 /// Event to proto.
 pub fn event(e: &StoredEvent) -> proto::Event {
     proto::Event {
-        seq: e.seq,
+        seq: e.seq.get(),
         r#type: e.event_type.clone(),
         payload: e.payload.clone(),
         content_type: e.content_type.clone(),
         state: e.state.clone().unwrap_or_default(),
         created_at: Some(ts(e.created_at)),
     }
-}
-
-/// Proto machine spec to domain (validated later by `Machine::parse`).
-pub fn spec_from_proto(s: proto::MachineSpec) -> Result<MachineSpec, DomainError> {
-    let transitions = s
-        .transitions
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            Ok(TransitionSpec {
-                name: t.name,
-                from: t.from,
-                to: t.to,
-                stale_from: t.stale_from,
-                stale_after: duration(&format!("spec.transitions[{i}].stale_after"), t.stale_after)?,
-                noop_from: t.noop_from,
-            })
-        })
-        .collect::<Result<_, DomainError>>()?;
-    Ok(MachineSpec {
-        kind: s.kind,
-        states: s.states,
-        initial_state: s.initial_state,
-        terminal_states: s.terminal_states,
-        transitions,
-        field_rules: s
-            .field_rules
-            .into_iter()
-            .map(|r| FieldRule {
-                field: r.field,
-                allowed_in: r.allowed_in,
-            })
-            .collect(),
-    })
 }
 
 /// Domain machine spec to proto.
@@ -158,5 +104,89 @@ pub fn machine(m: &StoredMachine) -> proto::Machine {
         spec: Some(spec_to_proto(m.machine.spec())),
         version: m.version,
         defined_at: Some(ts(m.defined_at)),
+    }
+}
+
+fn seqs(s: Vec<crate::domain::tape::Seq>) -> Vec<u64> {
+    s.into_iter().map(|s| s.get()).collect()
+}
+
+impl From<AcquireOutcome> for proto::AcquireLeaseResponse {
+    fn from(out: AcquireOutcome) -> Self {
+        Self {
+            acquired: out.acquired,
+            lease: Some(lease(out.lease)),
+        }
+    }
+}
+
+impl From<LeaseView> for proto::GetLeaseResponse {
+    fn from(view: LeaseView) -> Self {
+        Self {
+            lease: view.lease.map(lease),
+            last_token: view.last_token,
+        }
+    }
+}
+
+impl From<DefineOutcome> for proto::DefineMachineResponse {
+    fn from(out: DefineOutcome) -> Self {
+        Self {
+            machine: Some(machine(&out.machine)),
+            changed: out.changed,
+        }
+    }
+}
+
+impl From<CreateOutcome> for proto::CreateEntityResponse {
+    fn from(out: CreateOutcome) -> Self {
+        Self {
+            created: out.created,
+            entity: Some(entity(out.entity)),
+        }
+    }
+}
+
+impl From<TransitionOutcome> for proto::TransitionResponse {
+    fn from(out: TransitionOutcome) -> Self {
+        Self {
+            applied: out.applied,
+            entity: Some(entity(out.entity)),
+            seqs: seqs(out.seqs),
+        }
+    }
+}
+
+impl From<AppendOutcome> for proto::AppendEventsResponse {
+    fn from(out: AppendOutcome) -> Self {
+        Self {
+            seqs: seqs(out.seqs),
+            dropped: out.dropped,
+            final_seq: out.final_seq.map_or(0, |s| s.get()),
+        }
+    }
+}
+
+/// A ListEntities page and whether more follow.
+pub fn page((page, more): (Vec<Entity>, bool)) -> proto::ListEntitiesResponse {
+    let next_page_token = match (more, page.last()) {
+        (true, Some(last)) => crate::domain::command::PageToken::after(&last.id).encode(),
+        _ => String::new(),
+    };
+    proto::ListEntitiesResponse {
+        entities: page.into_iter().map(entity).collect(),
+        next_page_token,
+    }
+}
+
+impl From<StreamItem> for proto::StreamEventsResponse {
+    fn from(item: StreamItem) -> Self {
+        use proto::stream_events_response::Item;
+        Self {
+            item: Some(match item {
+                StreamItem::Event(e) => Item::Event(event(&e)),
+                StreamItem::Heartbeat(seq) => Item::Heartbeat(proto::Heartbeat { latest_seq: seq.get() }),
+            }),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Service errors: a rule broken, the database gone, or the server draining.
 
 use crate::domain::DomainError;
+use crate::domain::tape::Seq;
 use crate::storage::StoreError;
 
 /// What a service call can fail with. Mapped to gRPC in exactly one place (`grpc::status`).
@@ -14,7 +15,7 @@ pub enum Error {
     Unavailable(String),
     /// The server is draining; `last_seq` tells a stream where to resume.
     #[error("server is shutting down; retry on another replica")]
-    ShuttingDown { last_seq: Option<u64> },
+    ShuttingDown { last_seq: Option<Seq> },
     /// A premise changed under the call (its machine was redefined) and retrying inside
     /// the server did not settle it. Nothing was written; the caller may retry.
     #[error("{0}; nothing was written, retry")]

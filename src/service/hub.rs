@@ -3,11 +3,11 @@
 //! the local stream subscribers of that entity and the lease waiters of that key.
 
 use crate::domain::names::{EntityId, LeaseKey, Namespace};
-use crate::domain::tape::StoredEvent;
+use crate::domain::tape::{Seq, StoredEvent};
 use crate::storage::Change;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 /// What a tape subscriber hears.
 #[derive(Debug, Clone)]
@@ -15,7 +15,7 @@ pub enum TapeSignal {
     /// New events, in seq order.
     Events(Arc<Vec<Arc<StoredEvent>>>),
     /// The tape grew to this head; read the new events from the table.
-    Head(u64),
+    Head(Seq),
     /// Something may have been missed; re-read from the table.
     Resync,
 }
@@ -24,10 +24,22 @@ type TapeKey = (Namespace, EntityId);
 type LeaseKeyOf = (Namespace, LeaseKey);
 
 /// Per-replica registry of subscribers and waiters.
-#[derive(Default)]
 pub struct Hub {
     tapes: Mutex<HashMap<TapeKey, broadcast::Sender<TapeSignal>>>,
     leases: Mutex<HashMap<LeaseKeyOf, Arc<Notify>>>,
+    /// How many lease waiters are registered, published so that tests (and metrics) can
+    /// wait for a waiter to park instead of polling.
+    waiting: watch::Sender<usize>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            tapes: Mutex::default(),
+            leases: Mutex::default(),
+            waiting: watch::channel(0).0,
+        }
+    }
 }
 
 /// Capacity of one entity's signal channel; a subscriber further behind gets `Lagged` and
@@ -116,6 +128,7 @@ impl Hub {
             .entry(k.clone())
             .or_default()
             .clone();
+        self.waiting.send_modify(|n| *n += 1);
         LeaseWaiter {
             notify,
             hub: self.clone(),
@@ -129,6 +142,11 @@ impl Hub {
         leases
             .get(&(ns.clone(), key.clone()))
             .map_or(0, |n| Arc::strong_count(n) - 1)
+    }
+
+    /// The number of registered lease waiters, on every change.
+    pub fn watch_lease_waiters(&self) -> watch::Receiver<usize> {
+        self.waiting.subscribe()
     }
 
     /// Number of entities with local subscribers (for tests and metrics).
@@ -170,5 +188,6 @@ impl Drop for LeaseWaiter {
         if Arc::strong_count(&self.notify) <= 2 {
             leases.remove(&self.key);
         }
+        self.hub.waiting.send_modify(|n| *n = n.saturating_sub(1));
     }
 }

@@ -3,29 +3,13 @@
 
 use super::idempotency::{call_id, remember, replay};
 use super::{Coordinator, Error, Result};
-use crate::domain::lease::{self, AcquireDecision, Fence, FencingToken, Lease, Ttl};
-use crate::domain::names::{Holder, LeaseKey, Namespace, RequestId, lock_key, lock_space};
+use crate::domain::command::{AcquireLease, GetLease, ReleaseLease, RenewLease};
+use crate::domain::lease::{self, AcquireDecision, Fence, Lease};
+use crate::domain::names::{LeaseKey, Namespace, lock_key, lock_space};
 use crate::domain::time::Timestamp;
 use crate::storage::{Change, First, WriteTx};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// A validated AcquireLease.
-#[derive(Debug, Clone)]
-pub struct AcquireCmd {
-    /// Namespace.
-    pub ns: Namespace,
-    /// Key.
-    pub key: LeaseKey,
-    /// Holder.
-    pub holder: Holder,
-    /// TTL.
-    pub ttl: Ttl,
-    /// How long to wait for a held key.
-    pub wait: Duration,
-    /// Idempotency key.
-    pub request_id: Option<RequestId>,
-}
 
 /// Outcome of an acquire.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -65,7 +49,7 @@ impl Coordinator {
     /// AcquireLease: tries, then (with `wait`) sleeps until a release on any replica or the
     /// holder's expiry time, whichever comes first, and tries again. No polling loop.
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, key = %cmd.key))]
-    pub async fn acquire_lease(&self, cmd: AcquireCmd) -> Result<AcquireOutcome> {
+    pub async fn acquire_lease(&self, cmd: AcquireLease) -> Result<AcquireOutcome> {
         let deadline = Instant::now() + cmd.wait;
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -89,7 +73,7 @@ impl Coordinator {
         }
     }
 
-    async fn try_acquire(&self, cmd: &AcquireCmd) -> Result<AcquireOutcome> {
+    async fn try_acquire(&self, cmd: &AcquireLease) -> Result<AcquireOutcome> {
         let call = call_id("AcquireLease", cmd.key.as_str(), &(&cmd.holder, cmd.ttl));
         let lock = lease_lock(&cmd.ns, &cmd.key);
         let _turn = self.queue.turn(lock).await;
@@ -120,68 +104,68 @@ impl Coordinator {
     }
 
     /// RenewLease: the live lease with `token` gets `now + ttl`, else LEASE_LOST.
-    #[tracing::instrument(skip_all, fields(ns = %ns, key = %key))]
-    pub async fn renew_lease(
-        &self,
-        ns: Namespace,
-        key: LeaseKey,
-        token: FencingToken,
-        ttl: Ttl,
-        rid: Option<RequestId>,
-    ) -> Result<Lease> {
+    #[tracing::instrument(skip_all, fields(ns = %cmd.ns, key = %cmd.key))]
+    pub async fn renew_lease(&self, cmd: RenewLease) -> Result<Lease> {
+        let RenewLease {
+            ns,
+            key,
+            token,
+            ttl,
+            request_id,
+        } = &cmd;
         let call = call_id("RenewLease", key.as_str(), &(token, ttl));
-        let lock = lease_lock(&ns, &key);
+        let lock = lease_lock(ns, key);
         let _turn = self.queue.turn(lock).await;
-        let mut tx = self.store.begin_at(lock, First::Lease(&ns, &key)).await?;
-        if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
+        let mut tx = self.store.begin_at(lock, First::Lease(ns, key)).await?;
+        if let Some(out) = replay(&mut *tx, ns, request_id.as_ref(), &call).await? {
             return Ok(out);
         }
-        let row = tx.lease_row(&ns, &key, false).await?;
-        let lease = lease::decide_renew(row.as_ref(), &key, token, ttl, tx.now())?;
-        tx.put_lease(&ns, &lease).await?;
-        remember(&mut *tx, &ns, rid.as_ref(), &call, &lease).await?;
+        let row = tx.lease_row(ns, key, false).await?;
+        let lease = lease::decide_renew(row.as_ref(), key, *token, *ttl, tx.now())?;
+        tx.put_lease(ns, &lease).await?;
+        remember(&mut *tx, ns, request_id.as_ref(), &call, &lease).await?;
         tx.commit().await?;
         Ok(lease)
     }
 
     /// ReleaseLease: idempotent; true when this call ended the live lease.
-    #[tracing::instrument(skip_all, fields(ns = %ns, key = %key))]
-    pub async fn release_lease(
-        &self,
-        ns: Namespace,
-        key: LeaseKey,
-        token: FencingToken,
-        rid: Option<RequestId>,
-    ) -> Result<bool> {
-        let call = call_id("ReleaseLease", key.as_str(), &token);
-        let lock = lease_lock(&ns, &key);
+    #[tracing::instrument(skip_all, fields(ns = %cmd.ns, key = %cmd.key))]
+    pub async fn release_lease(&self, cmd: ReleaseLease) -> Result<bool> {
+        let ReleaseLease {
+            ns,
+            key,
+            token,
+            request_id,
+        } = &cmd;
+        let call = call_id("ReleaseLease", key.as_str(), token);
+        let lock = lease_lock(ns, key);
         let _turn = self.queue.turn(lock).await;
-        let mut tx = self.store.begin_at(lock, First::Lease(&ns, &key)).await?;
-        if let Some(out) = replay(&mut *tx, &ns, rid.as_ref(), &call).await? {
+        let mut tx = self.store.begin_at(lock, First::Lease(ns, key)).await?;
+        if let Some(out) = replay(&mut *tx, ns, request_id.as_ref(), &call).await? {
             return Ok(out);
         }
-        let row = tx.lease_row(&ns, &key, false).await?;
-        if !lease::decide_release(row.as_ref(), &key, token, tx.now()) {
+        let row = tx.lease_row(ns, key, false).await?;
+        if !lease::decide_release(row.as_ref(), key, *token, tx.now()) {
             return Ok(false);
         }
-        tx.end_lease(&ns, &key).await?;
+        tx.end_lease(ns, key).await?;
         tx.publish(Change::LeaseFreed {
             ns: ns.clone(),
             key: key.clone(),
         })
         .await?;
-        remember(&mut *tx, &ns, rid.as_ref(), &call, &true).await?;
+        remember(&mut *tx, ns, request_id.as_ref(), &call, &true).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     /// GetLease.
-    pub async fn get_lease(&self, ns: Namespace, key: LeaseKey) -> Result<LeaseView> {
-        let row = self.store.lease_row(&ns, &key).await?;
+    pub async fn get_lease(&self, cmd: GetLease) -> Result<LeaseView> {
+        let row = self.store.lease_row(&cmd.ns, &cmd.key).await?;
         let now = self.store.now().await?;
         Ok(LeaseView {
             lease: row.as_ref().and_then(|r| r.live(now)),
-            last_token: row.map_or(0, |r| r.token.0),
+            last_token: row.map_or(0, |r| r.token.get()),
         })
     }
 }

@@ -3,9 +3,10 @@
 
 use super::{Coordinator, Error, Result};
 use crate::domain::DomainError;
-use crate::domain::machine::Machine;
+use crate::domain::command::{DefineMachine, GetMachine};
+use crate::domain::machine::StoredMachine;
 use crate::domain::names::{Name, Namespace, lock_key, lock_space};
-use crate::storage::{StoredMachine, WriteTx};
+use crate::storage::WriteTx;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -140,9 +141,10 @@ impl Coordinator {
     /// Creates or replaces a machine. A redefinition may not drop a state that an entity
     /// is in. The machine's exclusive lock makes it wait for in-flight transitions of the
     /// kind (they hold it shared), and holds new ones off until it commits.
-    #[tracing::instrument(skip_all, fields(ns = %ns, kind = machine.kind()))]
-    pub async fn define_machine(&self, ns: Namespace, machine: Machine) -> Result<DefineOutcome> {
-        let kind = Name::parse("spec.kind", machine.kind().to_string())?;
+    #[tracing::instrument(skip_all, fields(ns = %cmd.ns, kind = %cmd.machine.kind()))]
+    pub async fn define_machine(&self, cmd: DefineMachine) -> Result<DefineOutcome> {
+        let DefineMachine { ns, machine } = cmd;
+        let kind = machine.kind().clone();
         let mut tx = self
             .store
             .begin(lock_key(&ns, lock_space::MACHINE, kind.as_str()))
@@ -179,11 +181,11 @@ impl Coordinator {
     }
 
     /// GetMachine.
-    pub async fn get_machine(&self, ns: Namespace, kind: Name) -> Result<StoredMachine> {
-        self.store.machine(&ns, &kind).await?.ok_or_else(|| {
+    pub async fn get_machine(&self, cmd: GetMachine) -> Result<StoredMachine> {
+        self.store.machine(&cmd.ns, &cmd.kind).await?.ok_or_else(|| {
             DomainError::NotFound {
                 what: "machine",
-                name: kind.to_string(),
+                name: cmd.kind.to_string(),
             }
             .into()
         })

@@ -10,15 +10,15 @@ mod machines;
 mod queue;
 mod tape;
 
-pub use entities::{CreateCmd, CreateOutcome, TransitionCmd, TransitionOutcome};
+pub use entities::{CreateOutcome, TransitionOutcome};
 pub use error::Error;
 pub use hub::Hub;
-pub use leases::{AcquireCmd, AcquireOutcome, LeaseView};
+pub use leases::{AcquireOutcome, LeaseView};
 pub use machines::DefineOutcome;
+pub use tape::{AppendOutcome, StreamItem};
 
 use machines::MachineCache;
 use queue::KeyQueue;
-pub use tape::{AppendCmd, AppendOutcome, StreamItem};
 
 use crate::storage::Store;
 use std::sync::Arc;
@@ -28,22 +28,13 @@ use tokio::sync::watch;
 /// Result of service calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Tunables of the service layer.
+/// Tunables of the service layer (their defaults live in `app::Settings`, only there).
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// Heartbeat interval of idle event streams.
     pub heartbeat: Duration,
     /// How long request-id outcomes are kept.
     pub request_retention: Duration,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat: Duration::from_secs(15),
-            request_retention: Duration::from_secs(24 * 3600),
-        }
-    }
 }
 
 /// The coordinator: cheap to clone, shared by every gRPC handler.

@@ -3,17 +3,16 @@
 //! something (a gap, a lagging channel, a lost notification connection) it re-reads the
 //! table by seq. It ends right after `final`.
 
-use super::entities::{entity_lock, publish_tape};
+use super::entities::{entity_lock, write_change};
 use super::hub::TapeSignal;
 use super::idempotency::{call_id, remember, replay};
 use super::leases::check_fence;
 use super::{Coordinator, Error, Result};
 use crate::domain::DomainError;
-use crate::domain::entity::Entity;
-use crate::domain::lease::Fence;
-use crate::domain::names::{EntityId, Namespace, RequestId};
-use crate::domain::tape::{self, EventInput, IfSealed, StoredEvent};
-use crate::storage::{Backend, First};
+use crate::domain::command::{AppendEvents, StreamEvents};
+use crate::domain::names::{EntityId, Namespace};
+use crate::domain::tape::{AppendPlan, Seq, StoredEvent, plan_append};
+use crate::storage::First;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
@@ -22,32 +21,15 @@ const PAGE: u32 = 256;
 /// Messages buffered per stream before the subscriber waits for the client.
 const STREAM_BUFFER: usize = 16;
 
-/// A validated AppendEvents.
-#[derive(Debug, Clone)]
-pub struct AppendCmd {
-    /// Namespace.
-    pub ns: Namespace,
-    /// Entity.
-    pub entity_id: EntityId,
-    /// Events.
-    pub events: Vec<EventInput>,
-    /// Fence.
-    pub fence: Option<Fence>,
-    /// Sealed-tape policy.
-    pub if_sealed: IfSealed,
-    /// Idempotency key.
-    pub request_id: Option<RequestId>,
-}
-
 /// Outcome of AppendEvents.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppendOutcome {
     /// Seqs assigned.
-    pub seqs: Vec<u64>,
+    pub seqs: Vec<Seq>,
     /// True when dropped on a sealed tape.
     pub dropped: bool,
     /// Seq of `final` when sealed.
-    pub final_seq: Option<u64>,
+    pub final_seq: Option<Seq>,
 }
 
 /// One message of an event stream.
@@ -56,13 +38,13 @@ pub enum StreamItem {
     /// The next event.
     Event(Arc<StoredEvent>),
     /// Idle; up to date at this seq.
-    Heartbeat(u64),
+    Heartbeat(Seq),
 }
 
 impl Coordinator {
     /// AppendEvents: gapless seqs after the head; nothing after `final`, ever (I7).
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, id = %cmd.entity_id, n = cmd.events.len()))]
-    pub async fn append_events(&self, cmd: AppendCmd) -> Result<AppendOutcome> {
+    pub async fn append_events(&self, cmd: AppendEvents) -> Result<AppendOutcome> {
         let call = call_id(
             "AppendEvents",
             cmd.entity_id.as_str(),
@@ -85,31 +67,22 @@ impl Coordinator {
                 name: cmd.entity_id.to_string(),
             })?;
         check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
-        let now = tx.now();
-        let events = match tape::plan_append(entity.last_seq, entity.final_seq, &cmd.events, cmd.if_sealed, now)? {
-            Err(final_seq) => {
+        let change = match plan_append(&entity, &cmd.events, cmd.if_sealed, tx.now())? {
+            AppendPlan::Dropped { final_seq } => {
                 return Ok(AppendOutcome {
                     seqs: vec![],
                     dropped: true,
                     final_seq: Some(final_seq),
                 });
             }
-            Ok(events) => events,
+            AppendPlan::Append(change) => change,
         };
-        let head = events.last().map_or(entity.last_seq, |e| e.seq);
-        let after = Entity {
-            last_seq: head,
-            last_activity_at: now,
-            ..entity
-        };
-        tx.update_entity(&cmd.ns, &after).await?;
-        tx.insert_events(&cmd.ns, &after.id, &events).await?;
         let out = AppendOutcome {
-            seqs: events.iter().map(|e| e.seq).collect(),
+            seqs: change.seqs(),
             dropped: false,
             final_seq: None,
         };
-        publish_tape(&mut *tx, &cmd.ns, &after.id, events).await?;
+        write_change(&mut *tx, &cmd.ns, change).await?;
         remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
         tx.commit().await?;
         Ok(out)
@@ -117,12 +90,12 @@ impl Coordinator {
 
     /// StreamEvents: checks the entity exists, then feeds a channel from a spawned
     /// subscriber. The channel closes after `final` (OK), or carries one error last.
-    pub async fn stream_events(
-        &self,
-        ns: Namespace,
-        id: EntityId,
-        after_seq: u64,
-    ) -> Result<mpsc::Receiver<Result<StreamItem>>> {
+    pub async fn stream_events(&self, cmd: StreamEvents) -> Result<mpsc::Receiver<Result<StreamItem>>> {
+        let StreamEvents {
+            ns,
+            entity_id: id,
+            after: after_seq,
+        } = cmd;
         // Subscribe before the first read: nothing committed after it can be missed.
         let sub = self.hub.subscribe_tape(&ns, &id);
         let entity = self
@@ -163,7 +136,7 @@ impl Coordinator {
         &self,
         ns: &Namespace,
         id: &EntityId,
-        cursor: &mut u64,
+        cursor: &mut Seq,
         signals: &mut broadcast::Receiver<TapeSignal>,
         out: &mpsc::Sender<Result<StreamItem>>,
     ) -> Result<()> {
@@ -173,11 +146,11 @@ impl Coordinator {
             self.config.heartbeat,
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Postgres replicas notify each other after commit, so a notification can be lost
-        // with its replica; in-process wake-ups (SQLite) cannot be.
-        let reread_on_heartbeat = self.store.backend() == Backend::Postgres;
+        // Where replicas notify each other after commit, a notification can be lost with its
+        // replica; in-process wake-ups cannot be.
+        let reread_on_heartbeat = self.store.capabilities().wakeups_can_be_lost;
         // Send one event; Ok(true) once `final` went out (the stream is complete).
-        let send = |ev: Arc<StoredEvent>, cursor: &mut u64| {
+        let send = |ev: Arc<StoredEvent>, cursor: &mut Seq| {
             let out = out.clone();
             let seq = ev.seq;
             let is_final = ev.is_final();
@@ -225,7 +198,7 @@ impl Coordinator {
                                 if ev.seq <= *cursor {
                                     continue;
                                 }
-                                if ev.seq != *cursor + 1 {
+                                if ev.seq != cursor.next() {
                                     continue 'catch_up; // a gap: the table has what we missed
                                 }
                                 match send(ev.clone(), cursor).await {

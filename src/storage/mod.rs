@@ -11,11 +11,12 @@ pub use error::StoreError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
+use crate::domain::command::ListEntities;
 use crate::domain::entity::Entity;
 use crate::domain::lease::{Lease, LeaseRow};
-use crate::domain::machine::Machine;
+use crate::domain::machine::StoredMachine;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
-use crate::domain::tape::StoredEvent;
+use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::{Clock, Timestamp};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -23,36 +24,6 @@ use tokio::sync::broadcast;
 
 /// Result of storage calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// A machine as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMachine {
-    /// The validated rules.
-    pub machine: Arc<Machine>,
-    /// 1, 2, 3 ... per redefinition.
-    pub version: u64,
-    /// When this version was stored.
-    pub defined_at: Timestamp,
-}
-
-/// A ListEntities query, validated.
-#[derive(Debug, Clone)]
-pub struct ListQuery {
-    /// Namespace.
-    pub ns: Namespace,
-    /// Kind.
-    pub kind: Name,
-    /// Any of these states (all when empty).
-    pub states: Vec<Name>,
-    /// Fields that must be present.
-    pub has_fields: Vec<Name>,
-    /// Fields that must be absent.
-    pub missing_fields: Vec<Name>,
-    /// Page size.
-    pub limit: u32,
-    /// Ids strictly after this one.
-    pub after_id: Option<EntityId>,
-}
 
 /// A committed change, delivered to every replica's subscribers and lease waiters.
 #[derive(Debug, Clone)]
@@ -62,7 +33,7 @@ pub enum Change {
     Tape {
         ns: Namespace,
         entity_id: EntityId,
-        head: u64,
+        head: Seq,
         events: Vec<Arc<StoredEvent>>,
     },
     /// A key's lease was released (waiters may now acquire).
@@ -71,8 +42,9 @@ pub enum Change {
     Resync,
 }
 
-/// Which backend a store is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which backend a store is: the one backend enum of the project (the bench and the tests
+/// pick backends with it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// Postgres: many replicas, advisory locks, LISTEN/NOTIFY.
     Postgres,
@@ -80,11 +52,52 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// Both backends, in the order tests run them.
+    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+    /// The lowercase name (`sqlite`, `postgres`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| format!("unknown backend {s:?}: use sqlite or postgres"))
+    }
+}
+
+/// What a backend can and cannot promise, for the layers above (instead of asking which
+/// backend it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Other replicas hear of commits by notifications sent after commit, which a replica
+    /// that dies in between never sends: live streams must re-read the table now and then.
+    pub wakeups_can_be_lost: bool,
+}
+
 /// A storage backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Which backend this is.
+    /// Which backend this is (for logs).
     fn backend(&self) -> Backend;
+    /// What this backend promises.
+    fn capabilities(&self) -> Capabilities;
     /// The clock (skew source in tests).
     fn clock(&self) -> &Clock;
     /// Begins a write transaction holding the lock of `lock_key` (see
@@ -106,9 +119,9 @@ pub trait Store: Send + Sync + 'static {
     /// One entity.
     async fn entity(&self, ns: &Namespace, id: &EntityId) -> Result<Option<Entity>>;
     /// A page of entities, ordered by id.
-    async fn list_entities(&self, q: &ListQuery) -> Result<Vec<Entity>>;
+    async fn list_entities(&self, q: &ListEntities) -> Result<Vec<Entity>>;
     /// Up to `limit` events with seq > `after`, in order.
-    async fn events(&self, ns: &Namespace, id: &EntityId, after: u64, limit: u32) -> Result<Vec<StoredEvent>>;
+    async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>>;
     /// Deletes request outcomes stored before `before`; returns how many.
     async fn purge_requests(&self, before: Timestamp) -> Result<u64>;
     /// True when this replica should run housekeeping (one replica at a time).

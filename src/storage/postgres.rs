@@ -5,11 +5,12 @@
 //! replica hears them.
 
 use super::rows::{self, impl_store, impl_write_tx};
-use super::{Backend, Change, First, Result, StoreError, StoredMachine, Write};
+use super::{Backend, Capabilities, Change, First, Result, StoreError, Write};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
+use crate::domain::machine::StoredMachine;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
-use crate::domain::tape::StoredEvent;
+use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::{Clock, Timestamp};
 use base64::Engine;
 use sqlx::pool::PoolConnection;
@@ -194,9 +195,16 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, Postgres, Backend::Postgres, |n| format!(
-    "(fields::jsonb ->> ${n}) IS NOT NULL"
-));
+impl_store!(
+    PgStore,
+    Postgres,
+    Backend::Postgres,
+    Capabilities {
+        // Other replicas are notified after commit; see `notifier`.
+        wakeups_can_be_lost: true
+    },
+    |n| format!("(fields::jsonb ->> ${n}) IS NOT NULL")
+);
 
 /// A pooled connection inside an open transaction. Dropped before commit (an error, a
 /// rejected call, a cancelled request), it rolls back before the pool may reuse it, and
@@ -312,12 +320,12 @@ impl PgTx {
                 "outcome": outcome, "at": self.now.0,
             }),
             Write::Lease { ns, lease } => json!({
-                "op": "lease", "ns": ns.as_str(), "key": lease.key.as_str(), "token": lease.token.0,
+                "op": "lease", "ns": ns.as_str(), "key": lease.key.as_str(), "token": lease.token,
                 "holder": lease.holder.as_str(), "acquired": lease.acquired_at.0, "expires": lease.expires_at.0,
             }),
             Write::EndLease { ns, key } => json!({ "op": "end_lease", "ns": ns.as_str(), "key": key.as_str() }),
             Write::Machine { ns, m } => json!({
-                "op": "machine", "ns": ns.as_str(), "kind": m.machine.kind(), "version": m.version,
+                "op": "machine", "ns": ns.as_str(), "kind": m.machine.kind().as_str(), "version": m.version,
                 "spec": rows::machine_json(m)?, "at": m.defined_at.0,
             }),
             Write::InsertEntity { ns, e } => {
@@ -341,7 +349,7 @@ impl PgTx {
                     .iter()
                     .map(|e| {
                         json!({
-                            "seq": e.seq, "type": e.event_type, "ct": e.content_type,
+                            "seq": e.seq.get(), "type": e.event_type, "ct": e.content_type,
                             "payload": b64.encode(&e.payload), "state": e.state, "at": e.created_at.0,
                         })
                     })
@@ -404,7 +412,7 @@ impl_write_tx!(
 struct WireTape {
     ns: String,
     id: String,
-    head: u64,
+    head: Seq,
     #[serde(default)]
     ev: Vec<WireEvent>,
 }
@@ -471,7 +479,7 @@ fn encode(change: &Change) -> Option<(&'static str, String)> {
 }
 
 /// The tape notification: the new events themselves when small, else just the head.
-fn encode_tape(ns: &Namespace, id: &EntityId, head: u64, events: &[Arc<StoredEvent>]) -> String {
+fn encode_tape(ns: &Namespace, id: &EntityId, head: Seq, events: &[Arc<StoredEvent>]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut wire = WireTape {
         ns: ns.to_string(),
@@ -480,7 +488,7 @@ fn encode_tape(ns: &Namespace, id: &EntityId, head: u64, events: &[Arc<StoredEve
         ev: events
             .iter()
             .map(|e| WireEvent {
-                seq: e.seq,
+                seq: e.seq.get(),
                 t: e.event_type.clone(),
                 ct: e.content_type.clone(),
                 p: b64.encode(&e.payload),
@@ -507,7 +515,7 @@ fn decode(channel: &str, payload: &str) -> Option<Change> {
                 w.ev.into_iter()
                     .map(|e| {
                         Some(Arc::new(StoredEvent {
-                            seq: e.seq,
+                            seq: Seq::parse("seq", e.seq).ok()?,
                             event_type: e.t,
                             payload: b64.decode(e.p).ok()?,
                             content_type: e.ct,

@@ -2,12 +2,13 @@
 //! conversions from result tuples to domain values. Rows are decoded as tuples, which sqlx
 //! decodes for either backend, so each conversion below is written once.
 
-use super::{Result, StoreError, StoredMachine};
-use crate::domain::entity::{Entity, Fields};
+use super::{Result, StoreError};
+use crate::domain::command::ListEntities;
+use crate::domain::entity::{Entity, Fields, Version};
 use crate::domain::lease::{FencingToken, LeaseRow};
-use crate::domain::machine::{Machine, MachineSpec};
+use crate::domain::machine::{Machine, MachineSpec, StoredMachine};
 use crate::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name};
-use crate::domain::tape::StoredEvent;
+use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::Timestamp;
 use std::sync::Arc;
 
@@ -86,8 +87,9 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("corrupt {what} row: {e}"))
 }
 
-pub fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+/// A counter (version, seq, token) as stored: the domain keeps them at most `i64::MAX`.
+pub fn to_i64(v: impl Into<u64>) -> i64 {
+    i64::try_from(v.into()).unwrap_or(i64::MAX)
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -97,7 +99,7 @@ fn to_u64(v: i64) -> u64 {
 pub fn lease_row((key, token, holder, acquired, expires): LeaseTuple) -> Result<LeaseRow> {
     Ok(LeaseRow {
         key: LeaseKey::parse("key", key).map_err(|e| corrupt("lease", e))?,
-        token: FencingToken(to_u64(token)),
+        token: FencingToken::parse("token", to_u64(token)).map_err(|e| corrupt("lease", e))?,
         holder: holder
             .map(|h| Holder::parse("holder", h))
             .transpose()
@@ -128,7 +130,7 @@ pub fn entity(t: EntityTuple) -> Result<Entity> {
         id: EntityId::parse("id", id).map_err(|e| corrupt("entity", e))?,
         kind: Name::parse("kind", kind).map_err(|e| corrupt("entity", e))?,
         state,
-        version: to_u64(version),
+        version: Version::parse("version", to_u64(version)).map_err(|e| corrupt("entity", e))?,
         fields,
         dedup_key: dedup
             .map(|d| DedupKey::parse("dedup_key", d))
@@ -137,8 +139,8 @@ pub fn entity(t: EntityTuple) -> Result<Entity> {
         created_at: Timestamp(created),
         updated_at: Timestamp(updated),
         last_activity_at: Timestamp(activity),
-        last_seq: to_u64(last_seq),
-        final_seq: final_seq.map(to_u64),
+        last_seq: seq(last_seq).map_err(|e| corrupt("entity", e))?,
+        final_seq: final_seq.map(seq).transpose().map_err(|e| corrupt("entity", e))?,
     })
 }
 
@@ -147,20 +149,24 @@ pub fn fields_json(f: &Fields) -> String {
     serde_json::to_string(f).unwrap_or_else(|_| "{}".into())
 }
 
-pub fn event((seq, event_type, content_type, payload, state, created): EventTuple) -> StoredEvent {
-    StoredEvent {
-        seq: to_u64(seq),
+fn seq(v: i64) -> std::result::Result<Seq, crate::domain::DomainError> {
+    Seq::parse("seq", to_u64(v))
+}
+
+pub fn event((n, event_type, content_type, payload, state, created): EventTuple) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: seq(n).map_err(|e| corrupt("event", e))?,
         event_type,
         payload,
         content_type,
         state,
         created_at: Timestamp(created),
-    }
+    })
 }
 
 /// Builds the ListEntities statement. `presence(i)` renders "field number i is present"
 /// in the backend's JSON dialect; binds are ns, kind, states..., fields..., after, limit.
-pub fn list_sql(q: &super::ListQuery, presence: impl Fn(usize) -> String) -> String {
+pub fn list_sql(q: &ListEntities, presence: impl Fn(usize) -> String) -> String {
     let mut sql = format!("SELECT {ENTITY_COLS} FROM entities WHERE namespace = $1 AND kind = $2");
     let mut n = 2;
     if !q.states.is_empty() {
@@ -182,7 +188,7 @@ pub fn list_sql(q: &super::ListQuery, presence: impl Fn(usize) -> String) -> Str
         n += 1;
         sql += &format!(" AND NOT {}", presence(n));
     }
-    if q.after_id.is_some() {
+    if q.after.is_some() {
         n += 1;
         sql += &format!(" AND id > ${n}");
     }
@@ -329,11 +335,15 @@ pub(crate) use impl_write_tx;
 /// broadcast::Sender<Change>` and inherent methods `begin_impl`, `now_impl`,
 /// `is_housekeeper_impl`, `close_impl`. `$presence` renders "field `$n` is present".
 macro_rules! impl_store {
-    ($ty:ty, $db:ty, $backend:expr, $presence:expr) => {
+    ($ty:ty, $db:ty, $backend:expr, $capabilities:expr, $presence:expr) => {
         #[async_trait::async_trait]
         impl $crate::storage::Store for $ty {
             fn backend(&self) -> $crate::storage::Backend {
                 $backend
+            }
+
+            fn capabilities(&self) -> $crate::storage::Capabilities {
+                $capabilities
             }
 
             fn clock(&self) -> &Clock {
@@ -387,7 +397,10 @@ macro_rules! impl_store {
                     .transpose()
             }
 
-            async fn list_entities(&self, q: &$crate::storage::ListQuery) -> $crate::storage::Result<Vec<Entity>> {
+            async fn list_entities(
+                &self,
+                q: &$crate::domain::command::ListEntities,
+            ) -> $crate::storage::Result<Vec<Entity>> {
                 let sql = rows::list_sql(q, $presence);
                 let mut query = sqlx::query_as::<$db, rows::EntityTuple>(sqlx::AssertSqlSafe(sql))
                     .bind(q.ns.as_str())
@@ -395,8 +408,8 @@ macro_rules! impl_store {
                 for s in q.states.iter().chain(&q.has_fields).chain(&q.missing_fields) {
                     query = query.bind(s.as_str());
                 }
-                if let Some(after) = &q.after_id {
-                    query = query.bind(after.as_str());
+                if let Some(after) = &q.after {
+                    query = query.bind(after.last_id().as_str());
                 }
                 query
                     .bind(i64::from(q.limit))
@@ -411,7 +424,7 @@ macro_rules! impl_store {
                 &self,
                 ns: &Namespace,
                 id: &EntityId,
-                after: u64,
+                after: $crate::domain::tape::Seq,
                 limit: u32,
             ) -> $crate::storage::Result<Vec<StoredEvent>> {
                 Ok(sqlx::query_as::<$db, rows::EventTuple>(rows::SELECT_EVENTS)
@@ -423,7 +436,7 @@ macro_rules! impl_store {
                     .await?
                     .into_iter()
                     .map(rows::event)
-                    .collect())
+                    .collect::<$crate::storage::Result<_>>()?)
             }
 
             async fn purge_requests(&self, before: Timestamp) -> $crate::storage::Result<u64> {

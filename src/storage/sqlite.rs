@@ -3,9 +3,10 @@
 //! `BEGIN IMMEDIATE` takes the database write lock up front. Wake-ups are in-process.
 
 use super::rows::{self, impl_store, impl_write_tx};
-use super::{Backend, Change, First, Result, StoreError, StoredMachine, Write};
+use super::{Backend, Capabilities, Change, First, Result, StoreError, Write};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
+use crate::domain::machine::StoredMachine;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
 use crate::domain::tape::StoredEvent;
 use crate::domain::time::{Clock, Timestamp};
@@ -80,9 +81,16 @@ impl SqliteStore {
     }
 }
 
-impl_store!(SqliteStore, Sqlite, Backend::Sqlite, |n| format!(
-    "json_extract(fields, '$.' || ${n}) IS NOT NULL"
-));
+impl_store!(
+    SqliteStore,
+    Sqlite,
+    Backend::Sqlite,
+    Capabilities {
+        // One process: subscribers are woken in-process at commit.
+        wakeups_can_be_lost: false
+    },
+    |n| format!("json_extract(fields, '$.' || ${n}) IS NOT NULL")
+);
 
 /// A SQLite write transaction; its changes are announced after commit.
 pub struct SqliteTx {
@@ -137,14 +145,14 @@ impl SqliteTx {
             Write::Lease { ns, lease } => sqlx::query(rows::UPSERT_LEASE)
                 .bind(ns.as_str())
                 .bind(lease.key.as_str())
-                .bind(rows::to_i64(lease.token.0))
+                .bind(rows::to_i64(lease.token))
                 .bind(lease.holder.as_str())
                 .bind(lease.acquired_at.0)
                 .bind(lease.expires_at.0),
             Write::EndLease { ns, key } => sqlx::query(rows::END_LEASE).bind(ns.as_str()).bind(key.as_str()),
             Write::Machine { ns, m } => sqlx::query(rows::UPSERT_MACHINE)
                 .bind(ns.as_str())
-                .bind(m.machine.kind())
+                .bind(m.machine.kind().as_str())
                 .bind(rows::to_i64(m.version))
                 .bind(rows::machine_json(m)?)
                 .bind(m.defined_at.0),

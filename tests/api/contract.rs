@@ -4,13 +4,14 @@
 use crate::both_backends;
 use crate::helpers::{Backend, TestDb};
 use baton::domain::DomainError;
-use baton::domain::entity::{Entity, Fields};
+use baton::domain::command::{ListEntities, PageToken};
+use baton::domain::entity::{Entity, Fields, Version};
 use baton::domain::lease::{FencingToken, Lease};
-use baton::domain::machine::{Machine, parse_machines_toml};
+use baton::domain::machine::{Machine, StoredMachine};
 use baton::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name, Namespace, RequestId, lock_key, lock_space};
-use baton::domain::tape::StoredEvent;
+use baton::domain::tape::{Seq, StoredEvent};
 use baton::domain::time::{Clock, Timestamp};
-use baton::storage::{self, Change, First, ListQuery, Store, StoreError, StoredMachine};
+use baton::storage::{self, Change, First, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,14 @@ macro_rules! refused {
     }};
 }
 
+fn tok(n: u64) -> FencingToken {
+    FencingToken::parse("token", n).unwrap()
+}
+
+fn seq(n: u64) -> Seq {
+    Seq::parse("seq", n).unwrap()
+}
+
 async fn store(db: &TestDb, clock: Clock) -> Arc<dyn Store> {
     storage::connect(&db.url, clock, 4).await.expect("store connects")
 }
@@ -45,7 +54,7 @@ fn lease(k: &str, holder: &str, token: u64, now: Timestamp) -> Lease {
     Lease {
         key: key(k),
         holder: Holder::parse("h", holder.into()).unwrap(),
-        token: FencingToken(token),
+        token: tok(token),
         acquired_at: now,
         expires_at: now.plus(Duration::from_secs(10)),
     }
@@ -56,22 +65,20 @@ fn entity(id: &str, dedup: Option<&str>, now: Timestamp) -> Entity {
         id: EntityId::parse("id", id.into()).unwrap(),
         kind: Name::parse("k", "task".into()).unwrap(),
         state: "pending".into(),
-        version: 1,
+        version: Version::FIRST,
         fields: Fields::from([("note".to_string(), "a".to_string())]),
         dedup_key: dedup.map(|d| DedupKey::parse("d", d.into()).unwrap()),
         created_at: now,
         updated_at: now,
         last_activity_at: now,
-        last_seq: 0,
+        last_seq: Seq::ZERO,
         final_seq: None,
     }
 }
 
 /// Version 1 of examples/machines.toml's `task`.
 fn task_machine(now: Timestamp) -> StoredMachine {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
-    let spec = parse_machines_toml(&text)
-        .unwrap()
+    let spec = crate::helpers::example_machines()
         .into_iter()
         .find(|m| m.kind == "task")
         .unwrap();
@@ -84,7 +91,7 @@ fn task_machine(now: Timestamp) -> StoredMachine {
 
 fn event(seq: u64, t: &str, now: Timestamp) -> StoredEvent {
     StoredEvent {
-        seq,
+        seq: self::seq(seq),
         event_type: t.into(),
         payload: vec![seq as u8, 0, 255],
         content_type: "x/y".into(),
@@ -106,7 +113,7 @@ async fn lease_rows_keep_their_token_counter(backend: Backend) {
     tx.end_lease(&ns(), &k).await.unwrap();
     tx.commit().await.unwrap();
     let row = s.lease_row(&ns(), &k).await.unwrap().expect("row outlives the lease");
-    assert_eq!((row.token, row.holder.clone()), (FencingToken(1), None));
+    assert_eq!((row.token, row.holder.clone()), (tok(1), None));
     assert!(row.live(s.now().await.unwrap()).is_none());
 }
 
@@ -183,14 +190,14 @@ async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
     tx.publish(Change::Tape {
         ns: ns(),
         entity_id: id.clone(),
-        head: 5,
+        head: seq(5),
         events: evs.iter().cloned().map(Arc::new).collect(),
     })
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(s.events(&ns(), &id, 0, 100).await.unwrap(), evs);
-    assert_eq!(s.events(&ns(), &id, 2, 2).await.unwrap(), evs[2..4].to_vec());
+    assert_eq!(s.events(&ns(), &id, Seq::ZERO, 100).await.unwrap(), evs);
+    assert_eq!(s.events(&ns(), &id, seq(2), 2).await.unwrap(), evs[2..4].to_vec());
     // The change reaches subscribers after commit (NOTIFY or in-process).
     let got = loop {
         match tokio::time::timeout(Duration::from_secs(10), changes.recv())
@@ -202,7 +209,7 @@ async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
             _ => continue,
         }
     };
-    assert_eq!(got, (5, 5));
+    assert_eq!(got, (seq(5), 5));
     // I6/I7 in the schema itself: no seq twice, no second final.
     let mut tx = s.begin(1).await.unwrap();
     refused!(tx, tx.insert_events(&ns(), &id, &[event(3, "p", now)]));
@@ -253,7 +260,7 @@ async fn machines_and_listing(backend: Backend) {
     assert_eq!(tx.state_in_use(&ns(), &kind, &["failed"]).await.unwrap(), None);
     tx.commit().await.unwrap();
     assert_eq!(s.machine(&ns(), &kind).await.unwrap(), Some(m));
-    let q = |states: &[&str], has: &[&str], missing: &[&str], after: Option<&str>| ListQuery {
+    let q = |states: &[&str], has: &[&str], missing: &[&str], after: Option<&str>| ListEntities {
         ns: ns(),
         kind: kind.clone(),
         states: states
@@ -266,7 +273,7 @@ async fn machines_and_listing(backend: Backend) {
             .map(|s| Name::parse("s", s.to_string()).unwrap())
             .collect(),
         limit: 10,
-        after_id: after.map(|a| EntityId::parse("a", a.into()).unwrap()),
+        after: after.map(|a| PageToken::after(&EntityId::parse("a", a.into()).unwrap())),
     };
     let ids = |v: Vec<Entity>| v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>();
     assert_eq!(
@@ -349,7 +356,7 @@ async fn writers_of_one_key_serialize(backend: Backend) {
             };
             let mut tx = s.begin_at(lease_lock, first).await.unwrap();
             let row = tx.lease_row(&ns, &k, false).await.unwrap();
-            let next = row.map_or(1, |r| r.token.0 + 1);
+            let next = row.map_or(1, |r| r.token.get() + 1);
             let now = tx.now();
             tx.put_lease(&ns, &lease("ctr", &format!("h{i}"), next, now))
                 .await
@@ -362,7 +369,7 @@ async fn writers_of_one_key_serialize(backend: Backend) {
             };
             let mut tx = s.begin_at(entity_lock, first).await.unwrap();
             let mut e = tx.entity(&ns, &id).await.unwrap().unwrap();
-            e.version += 1;
+            e.version = e.version.next();
             tx.update_entity(&ns, &e).await.unwrap();
             tx.commit().await.unwrap();
         }));
@@ -370,11 +377,8 @@ async fn writers_of_one_key_serialize(backend: Backend) {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(
-        s.lease_row(&ns(), &key("ctr")).await.unwrap().unwrap().token,
-        FencingToken(32)
-    );
-    assert_eq!(s.entity(&ns(), &id).await.unwrap().unwrap().version, 1 + 32);
+    assert_eq!(s.lease_row(&ns(), &key("ctr")).await.unwrap().unwrap().token, tok(32));
+    assert_eq!(s.entity(&ns(), &id).await.unwrap().unwrap().version.get(), 1 + 32);
     // A row read by `begin` that does not exist reads as absent.
     let (n, ghost) = (ns(), EntityId::parse("id", "ghost".into()).unwrap());
     let mut tx = s.begin_at(entity_lock, First::Entity(&n, &ghost)).await.unwrap();
@@ -407,9 +411,9 @@ both_backends!(
 
 /// Housekeeping runs on one replica at a time (Postgres: a session advisory lock on a
 /// dedicated connection); when that replica closes, another takes over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_housekeeper_among_postgres_replicas() {
-    let db = TestDb::new(Backend::Postgres).await;
+async fn one_housekeeper_among_postgres_replicas(backend: Backend) {
+    assert_eq!(backend, Backend::Postgres);
+    let db = TestDb::new(backend).await;
     let a = store(&db, Clock::system()).await;
     let b = store(&db, Clock::system()).await;
     assert!(a.is_housekeeper().await.unwrap());
@@ -418,3 +422,5 @@ async fn one_housekeeper_among_postgres_replicas() {
     a.close().await;
     assert!(b.is_housekeeper().await.unwrap(), "another replica takes over");
 }
+
+both_backends!(postgres_only: one_housekeeper_among_postgres_replicas);

@@ -3,11 +3,13 @@
 //! file), talked to over real gRPC. Postgres tests never skip: without a reachable server
 //! they fail and say what to install.
 
+pub use baton::Backend;
 use baton::app::{Application, Settings};
+use baton::domain::machine::MachineSpec;
 use baton::domain::time::Clock;
+use baton::process::TempDatabase;
 use baton::proto::coordinator_client::CoordinatorClient;
 use baton::proto::{self};
-use sqlx::Connection;
 use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Duration;
@@ -20,17 +22,20 @@ use tonic_types::StatusExt;
 /// A generated client.
 pub type Client = CoordinatorClient<Channel>;
 
-/// Which store a test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs `async fn name(backend)` once per backend, as tests `name::sqlite` and
-/// `name::postgres`: `both_backends!(name);`
+/// Runs `async fn name(backend: Backend)` as one test per backend, `name::sqlite` and
+/// `name::postgres`: `both_backends!(name, …);`. Tests that only make sense on Postgres
+/// (several replicas, LISTEN/NOTIFY) are declared `both_backends!(postgres_only: name, …);`
+/// and get only `name::postgres`.
 #[macro_export]
 macro_rules! both_backends {
+    (postgres_only: $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )+};
     ($($name:ident),+ $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -45,11 +50,6 @@ macro_rules! both_backends {
     )+};
 }
 
-/// The admin URL of the Postgres that tests create their databases in.
-pub fn postgres_admin_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 fn init_logging() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -62,75 +62,23 @@ fn init_logging() {
     });
 }
 
-/// A fresh database, dropped (Postgres) or deleted (SQLite) when the test ends.
+/// A fresh database, dropped (Postgres) or deleted (SQLite) when the test ends. Postgres
+/// tests never skip: without a reachable server they fail and say what to install.
 pub struct TestDb {
     pub url: String,
-    pg_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
+    _db: TempDatabase,
 }
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
         init_logging();
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite:{}", dir.path().join("baton.db").display());
-                Self {
-                    url,
-                    pg_name: None,
-                    _dir: Some(dir),
-                }
-            }
-            Backend::Postgres => {
-                let admin = postgres_admin_url();
-                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-                    panic!(
-                        "Postgres tests need a PostgreSQL server at {admin} ({e}).\n\
-                         Install and start one (Debian: apt-get install postgresql && \
-                         pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start), \
-                         or point DATABASE_URL at a server where the user may CREATE DATABASE."
-                    )
-                });
-                let name = format!("baton_test_{}", uuid::Uuid::now_v7().simple());
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create test database");
-                let base = admin
-                    .rsplit_once('/')
-                    .map(|(b, _)| b.to_string())
-                    .unwrap_or(admin.clone());
-                Self {
-                    url: format!("{base}/{name}"),
-                    pg_name: Some(name),
-                    _dir: None,
-                }
-            }
+        let db = TempDatabase::new(backend)
+            .await
+            .unwrap_or_else(|e| panic!("{backend} tests: {e}"));
+        Self {
+            url: db.url().to_string(),
+            _db: db,
         }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else { return };
-        // Best effort, on a thread of its own: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.ok()?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await
-                .ok()
-            })
-        })
-        .join();
     }
 }
 
@@ -243,10 +191,22 @@ pub async fn define_examples(app: &TestApp, ns: &str) {
     define_examples_with(&mut app.client().await, ns).await
 }
 
+/// The machines of examples/machines.toml (a `[[machine]]` array, as `baton machine apply`
+/// reads it).
+pub fn example_machines() -> Vec<MachineSpec> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        machine: Vec<MachineSpec>,
+    }
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
+    toml::from_str::<File>(&text)
+        .expect("examples/machines.toml parses")
+        .machine
+}
+
 /// [`define_examples`] through an existing client (e.g. one talking to a `baton` process).
 pub async fn define_examples_with(c: &mut Client, ns: &str) {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml")).unwrap();
-    for spec in baton::domain::machine::parse_machines_toml(&text).unwrap() {
+    for spec in example_machines() {
         c.define_machine(proto::DefineMachineRequest {
             namespace: ns.into(),
             spec: Some(baton::grpc::convert::spec_to_proto(&spec)),
@@ -430,15 +390,4 @@ pub fn assert_complete(events: &[proto::Event], after: u64) {
         "exactly one final"
     );
     assert_eq!(events.last().map(|e| e.r#type.as_str()), Some("final"), "final is last");
-}
-
-/// Polls `check` until true or `within` passes (for conditions with no notification, such
-/// as "a waiter has parked"); panics on timeout.
-pub async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }

@@ -200,11 +200,12 @@ async fn wait_is_granted_after_release(backend: Backend) {
         Namespace::parse("n", NS.into()).unwrap(),
         LeaseKey::parse("k", "w".into()).unwrap(),
     );
-    let hub = app.coordinator.hub().clone();
-    eventually(Duration::from_secs(10), "the waiter to park", || {
-        hub.lease_waiters(&ns, &key) == 1
-    })
-    .await;
+    let mut waiting = app.coordinator.hub().watch_lease_waiters();
+    tokio::time::timeout(Duration::from_secs(10), waiting.wait_for(|n| *n == 1))
+        .await
+        .expect("the waiter parks")
+        .unwrap();
+    assert_eq!(app.coordinator.hub().lease_waiters(&ns, &key), 1, "on this key");
     let released = c
         .release_lease(proto::ReleaseLeaseRequest {
             namespace: NS.into(),

@@ -3,7 +3,6 @@
 
 mod helpers;
 
-mod bench;
 mod contract;
 mod entities;
 mod leases;

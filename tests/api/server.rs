@@ -2,11 +2,11 @@
 //! a real SIGKILL mid-stream.
 
 use crate::helpers::*;
+use baton::process::{ServeProcess, Signal};
 use baton::proto;
 use prost::Message;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -16,105 +16,21 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-/// A `baton serve` process on 127.0.0.1:0; its address is read from its own log line, so
-/// there is no port race and no sleep.
-struct Baton {
-    /// `None` once waited for.
-    child: Option<Child>,
-    addr: String,
-    log: mpsc::Receiver<String>,
+/// `baton serve` (the binary under test) on 127.0.0.1:0, through the one spawning helper.
+fn spawn(database_url: &str, extra: &[&str]) -> ServeProcess {
+    ServeProcess::spawn(Path::new(env!("CARGO_BIN_EXE_baton")), database_url, extra).expect("baton serves")
 }
 
-impl Baton {
-    fn spawn(database_url: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--database-url",
-                database_url,
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn baton");
-        let (tx, log) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            let line = log
-                .recv_timeout(Duration::from_secs(60))
-                .expect("baton logs that it serves");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["fields"]["message"] == "baton serving" {
-                break v["fields"]["addr"].as_str().unwrap().to_string();
-            }
-        };
-        Self {
-            child: Some(child),
-            addr,
-            log,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.as_ref().expect("running").id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    /// Waits for exit, up to `within` (a thread blocks in `wait`; no polling).
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().to_string();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        match rx.recv_timeout(within) {
-            Ok(status) => status.expect("wait for baton"),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-                panic!("baton did not exit within {within:?}");
-            }
-        }
-    }
-}
-
-impl Drop for Baton {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+async fn channel(baton: &ServeProcess) -> Channel {
+    Channel::from_shared(baton.url()).unwrap().connect().await.unwrap()
 }
 
 /// The binary serves health (SERVING) and reflection (lists baton.v1.Coordinator and its
 /// methods with no proto file) on both backends.
 async fn health_and_reflection(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let baton = Baton::spawn(&db.url, &[]);
-    let channel = baton.channel().await;
+    let baton = spawn(&db.url, &[]);
+    let channel = channel(&baton).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in ["", "baton.v1.Coordinator"] {
         let r = health
@@ -179,8 +95,8 @@ async fn health_and_reflection(backend: Backend) {
 /// connections are refused, and the process exits 0 within the drain bound.
 async fn sigterm_drains_and_exits_zero(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let mut baton = Baton::spawn(&db.url, &["--drain", "3s"]);
-    let mut c = proto::coordinator_client::CoordinatorClient::new(baton.channel().await);
+    let mut baton = spawn(&db.url, &["--drain", "3s"]);
+    let mut c = proto::coordinator_client::CoordinatorClient::new(channel(&baton).await);
     define_examples_with(&mut c, NS).await;
     create(&mut c, "task", "t").await;
     transition(&mut c, "t", "start").await;
@@ -194,7 +110,7 @@ async fn sigterm_drains_and_exits_zero(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(stream.message().await.unwrap().is_some());
-    baton.signal("-TERM");
+    baton.signal(Signal::Term).unwrap();
     let end = loop {
         match stream.message().await {
             Ok(Some(_)) => continue,
@@ -203,9 +119,9 @@ async fn sigterm_drains_and_exits_zero(backend: Backend) {
     };
     let s = end.expect_err("stream ends with an error status");
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
-    let status = baton.wait_exit(Duration::from_secs(10));
+    let status = baton.wait_exit(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(0));
-    let log: Vec<String> = baton.log.try_iter().collect();
+    let log = baton.drain_log();
     assert!(log.iter().any(|l| l.contains("draining")), "{log:?}");
 }
 
@@ -214,8 +130,8 @@ async fn sigterm_drains_and_exits_zero(backend: Backend) {
 /// is the whole tape with no duplicates. I11: nothing acknowledged is lost.
 async fn i8_resume_after_sigkill(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let a = Baton::spawn(&db.url, &[]);
-    let mut ca = proto::coordinator_client::CoordinatorClient::new(a.channel().await);
+    let a = spawn(&db.url, &[]);
+    let mut ca = proto::coordinator_client::CoordinatorClient::new(channel(&a).await);
     define_examples_with(&mut ca, NS).await;
     create(&mut ca, "task", "k").await;
     transition(&mut ca, "k", "start").await;
@@ -240,11 +156,11 @@ async fn i8_resume_after_sigkill(backend: Backend) {
         }
     }
     let mut a = a;
-    a.signal("-KILL");
-    a.wait_exit(Duration::from_secs(10));
+    a.signal(Signal::Kill).unwrap();
+    a.wait_exit(Duration::from_secs(10)).unwrap();
     assert!(stream.message().await.is_err(), "a killed replica's stream fails");
-    let b = Baton::spawn(&db.url, &[]);
-    let mut cb = proto::coordinator_client::CoordinatorClient::new(b.channel().await);
+    let b = spawn(&db.url, &[]);
+    let mut cb = proto::coordinator_client::CoordinatorClient::new(channel(&b).await);
     let last = got.last().unwrap().seq;
     let resumed = tokio::spawn({
         let mut c = cb.clone();

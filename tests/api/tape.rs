@@ -11,13 +11,20 @@ use tonic::Code;
 /// A stream being collected: the events and how it ended.
 type Collected = tokio::task::JoinHandle<(Vec<proto::Event>, Result<(), tonic::Status>)>;
 
-/// Opens a stream and returns a task collecting it, plus a watch of the highest seq seen
-/// (so tests can wait for progress without sleeping).
-fn subscribe(mut c: Client, id: &str, after: u64) -> (Collected, tokio::sync::watch::Receiver<u64>) {
+/// A subscriber: the cursor it asked to start after, its collecting task, and a watch of
+/// the highest seq it has seen (so tests wait for progress without sleeping).
+struct Subscriber {
+    after: u64,
+    task: Collected,
+    seen: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Opens a stream after `after` and collects it in a task.
+fn subscribe(mut c: Client, id: &str, after: u64) -> Subscriber {
     let (seen_tx, seen) = tokio::sync::watch::channel(after);
     let id = id.to_string();
     let task = tokio::spawn(async move { collect_stream_reporting(&mut c, &id, after, Some(seen_tx)).await });
-    (task, seen)
+    Subscriber { after, task, seen }
 }
 
 async fn reached(seen: &mut tokio::sync::watch::Receiver<u64>, seq: u64) {
@@ -53,11 +60,11 @@ async fn s4_late_progress_never_lands_after_final(backend: Backend) {
         }
     });
     // Subscribers joining mid-run, from various cursors.
-    reached(&mut subs[0].1, 10).await;
+    reached(&mut subs[0].seen, 10).await;
     for i in 0..20u64 {
         subs.push(subscribe(app.client().await, "job", i % 5));
     }
-    reached(&mut subs[25].1, 30).await;
+    reached(&mut subs[25].seen, 30).await;
     let cancelled = transition(&mut c, "job", "cancel").await;
     assert!(cancelled.applied);
     let final_seq = *cancelled.seqs.last().unwrap();
@@ -73,15 +80,16 @@ async fn s4_late_progress_never_lands_after_final(backend: Backend) {
         appended,
         "every acknowledged append is stored"
     );
-    for (i, (task, _)) in subs.into_iter().enumerate() {
-        let (events, end) = task.await.unwrap();
+    for (i, sub) in subs.into_iter().enumerate() {
+        let (events, end) = sub.task.await.unwrap();
         end.unwrap_or_else(|s| panic!("subscriber {i} ended with {s:?}"));
-        let after = tape.len() as u64 - events.len() as u64;
-        assert_complete(&events, after);
+        // From the cursor it asked for: a subscriber that skipped or repeated any seq fails.
+        assert_complete(&events, sub.after);
         assert_eq!(
             events.as_slice(),
-            &tape[after as usize..],
-            "subscriber {i} saw the tape exactly"
+            &tape[sub.after as usize..],
+            "subscriber {i} (after {}) saw the tape exactly",
+            sub.after
         );
     }
 }
@@ -231,7 +239,7 @@ async fn i8_subscriber_on_one_replica_sees_writes_on_another(backend: Backend) {
     let (_db, a, b) = spawn_two_replicas().await;
     let mut cb = b.client().await;
     create(&mut cb, "task", "x").await;
-    let (task, mut seen) = subscribe(a.client().await, "x", 0);
+    let Subscriber { task, mut seen, .. } = subscribe(a.client().await, "x", 0);
     transition(&mut cb, "x", "start").await;
     reached(&mut seen, 1).await;
     for i in 0..20 {
@@ -263,7 +271,7 @@ async fn i8_resume_after_replica_stops(backend: Backend) {
             .await
             .unwrap();
     }
-    let (task, mut seen) = subscribe(a.client().await, "r", 0);
+    let Subscriber { task, mut seen, .. } = subscribe(a.client().await, "r", 0);
     reached(&mut seen, 11).await;
     a.kill();
     let (first, end) = task.await.unwrap();
@@ -271,7 +279,7 @@ async fn i8_resume_after_replica_stops(backend: Backend) {
     let last = first.last().unwrap().seq;
     let b = TestApp::start(&db, Clock::system()).await;
     let mut cb = b.client().await;
-    let (task, _) = subscribe(b.client().await, "r", last);
+    let Subscriber { task, .. } = subscribe(b.client().await, "r", last);
     for i in 10..20 {
         append(&mut cb, "r", vec![ev("progress", &i.to_string())])
             .await
@@ -292,7 +300,7 @@ async fn drain_ends_streams_with_unavailable(backend: Backend) {
     let mut c = app.client().await;
     create(&mut c, "task", "d").await;
     transition(&mut c, "d", "start").await;
-    let (task, mut seen) = subscribe(app.client().await, "d", 0);
+    let Subscriber { task, mut seen, .. } = subscribe(app.client().await, "d", 0);
     reached(&mut seen, 1).await;
     let started = tokio::time::Instant::now();
     app.stop().await.expect("clean stop");
@@ -314,12 +322,7 @@ both_backends!(
     drain_ends_streams_with_unavailable,
 );
 
-mod i8_subscriber_on_one_replica_sees_writes_on_another {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn postgres() {
-        super::i8_subscriber_on_one_replica_sees_writes_on_another(crate::helpers::Backend::Postgres).await
-    }
-}
+both_backends!(postgres_only: i8_subscriber_on_one_replica_sees_writes_on_another);
 
 /// A cursor past the tape's head was never delivered by any replica: INVALID_ARGUMENT,
 /// not a silent wait.
@@ -348,7 +351,7 @@ async fn lost_listen_connection_misses_nothing(backend: Backend) {
     let mut cb = b.client().await;
     create(&mut cb, "task", "l").await;
     transition(&mut cb, "l", "start").await;
-    let (task, mut seen) = subscribe(a.client().await, "l", 0);
+    let Subscriber { task, mut seen, .. } = subscribe(a.client().await, "l", 0);
     reached(&mut seen, 1).await;
     // Cut every LISTEN connection (both replicas'): the listeners reconnect and resync.
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
@@ -376,12 +379,7 @@ async fn lost_listen_connection_misses_nothing(backend: Backend) {
     assert_eq!(events.len(), 8, "start, 5 progress, succeed, final");
 }
 
-mod lost_listen_connection_misses_nothing {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn postgres() {
-        super::lost_listen_connection_misses_nothing(crate::helpers::Backend::Postgres).await
-    }
-}
+both_backends!(postgres_only: lost_listen_connection_misses_nothing);
 
 /// Postgres replicas notify each other after commit, so a replica that dies in between
 /// loses the notification. Simulated here by committing a tape write straight into the
@@ -398,7 +396,7 @@ async fn a_lost_notification_is_made_up_at_the_next_heartbeat() {
     let mut c = app.client().await;
     create(&mut c, "task", "quiet").await;
     transition(&mut c, "quiet", "start").await;
-    let (task, mut seen) = subscribe(app.client().await, "quiet", 0);
+    let Subscriber { task, mut seen, .. } = subscribe(app.client().await, "quiet", 0);
     reached(&mut seen, 1).await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
         .await

@@ -1,13 +1,13 @@
 //! The scenarios against baton over gRPC, with the generated client; each bench client on
 //! its own HTTP/2 connection, in a fresh namespace per run.
 
-use super::checks::{CHECK_CONCURRENCY, Findings, gapless};
-use super::fanout::{self, Ready, Seen, Window};
-use super::load::{self, Tally, Worker, drive};
-use super::server::rss_kib;
-use super::stats::Outcome;
-use super::{Cell, IdleStreams, Plan, Scenario, System};
-use crate::proto::{self, coordinator_client::CoordinatorClient, stream_events_response::Item};
+use crate::checks::{CHECK_CONCURRENCY, Findings, gapless};
+use crate::fanout::{self, Ready, Seen, Window};
+use crate::load::{self, Tally, Worker, drive};
+use crate::server::rss_kib;
+use crate::stats::Outcome;
+use crate::{Cell, IdleStreams, Plan, Scenario, System};
+use ::baton::proto::{self, coordinator_client::CoordinatorClient, stream_events_response::Item};
 use futures::future::BoxFuture;
 use futures::{StreamExt, stream};
 use std::collections::HashMap;

@@ -2,10 +2,10 @@
 //! statement per round trip, straight from the load generator (no gRPC, no baton), one
 //! pooled connection per client, in schema `bench_baseline` (dropped and created at setup).
 
-use super::checks::Findings;
-use super::load::{self, Tally, Worker, drive};
-use super::stats::Outcome;
-use super::{Cell, Plan, Scenario, System};
+use crate::checks::Findings;
+use crate::load::{self, Tally, Worker, drive};
+use crate::stats::Outcome;
+use crate::{Cell, Plan, Scenario, System};
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};

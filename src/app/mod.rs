@@ -1,7 +1,11 @@
-//! Wiring: [`Application::build`] connects the store and binds the listener (so callers
+//! Wiring: [`Settings`] (every setting and its default), [`Application::build`] connects the store and binds the listener (so callers
 //! know the port before serving); [`Application::run_until_stopped`] serves until the
 //! shutdown future resolves, then drains within a bound. Tests and the binary both start
 //! the server through these two functions.
+
+mod settings;
+
+pub use settings::{LogFormat, Settings};
 
 use crate::domain::time::Clock;
 use crate::grpc::CoordinatorService;
@@ -16,45 +20,6 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-
-/// Everything `baton serve` can be told.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// `sqlite:…` or `postgres://…`.
-    pub database_url: String,
-    /// Longest graceful shutdown before remaining connections are dropped.
-    pub drain: Duration,
-    /// Heartbeat interval of idle event streams.
-    pub heartbeat: Duration,
-    /// Close each HTTP/2 connection after this age so a mesh can rebalance (None: never).
-    pub max_connection_age: Option<Duration>,
-    /// HTTP/2 keepalive ping interval.
-    pub keepalive: Duration,
-    /// Database connections per replica (Postgres).
-    pub pool_size: u32,
-    /// How long request-id outcomes are kept for retries.
-    pub request_retention: Duration,
-    /// How often health re-checks the database.
-    pub health_interval: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            database_url: "sqlite:baton.db".into(),
-            drain: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(15),
-            max_connection_age: Some(Duration::from_secs(300)),
-            keepalive: Duration::from_secs(30),
-            pool_size: 8,
-            request_retention: Duration::from_secs(24 * 3600),
-            health_interval: Duration::from_secs(2),
-        }
-    }
-}
 
 /// Why the server could not start or run. Each renders as one line.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +127,7 @@ impl Application {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(settings.keepalive))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-        if let Some(age) = settings.max_connection_age {
+        if let Some(age) = settings.connection_age() {
             builder = builder.max_connection_age(age);
         }
         let router = builder
@@ -172,7 +137,7 @@ impl Application {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server_drain = async move { crate::service::raised(&mut drain_rx).await };
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain));
-        tracing::info!(%addr, backend = ?store.backend(), "baton serving");
+        tracing::info!(%addr, backend = %store.backend(), "baton serving");
 
         tokio::select! {
             _ = stop => {}

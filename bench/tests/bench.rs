@@ -1,9 +1,9 @@
-//! `baton bench` as users run it: a very short run of every scenario against a spawned
+//! `baton-bench` as users run it: a very short run of every scenario against a spawned
 //! server on each backend, and the Postgres baseline. Asserts the checks and the shape of
 //! the JSON, never speed.
 
-use crate::both_backends;
-use crate::helpers::*;
+use baton::Backend;
+use baton::process::{TempDatabase, sibling_binary};
 use serde_json::Value;
 use std::process::{Command, Output};
 
@@ -26,8 +26,8 @@ const SHORT: &[&str] = &[
 
 async fn bench(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .arg("bench")
+        Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+            .env("BATON_BIN", sibling_binary().expect("the baton binary is built"))
             .args(args)
             .output()
             .expect("run baton bench")
@@ -66,12 +66,9 @@ fn cells<'a>(doc: &'a Value, system: &str) -> Vec<&'a Value> {
 /// released with tokens matching grants, versions and seqs matching successes, a gapless hot
 /// tape, every subscriber got every event and one `final`; the idle-stream figure is there.
 async fn bench_runs_every_scenario_with_checks(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let spawn = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
-    let out = bench(args(&["--spawn", spawn, "--database-url", &db.url])).await;
+    let db = TempDatabase::new(backend).await.unwrap();
+    let spawn = backend.to_string();
+    let out = bench(args(&["--spawn", &spawn, "--database-url", db.url()])).await;
     let doc = passed(&out);
     let baton = cells(&doc, "baton");
     for scenario in ["lease-cycle", "transition", "transition-hot", "append", "stream-fanout"] {
@@ -90,20 +87,29 @@ async fn bench_runs_every_scenario_with_checks(backend: Backend) {
     assert!(idle["rss_after_kib"].as_u64().unwrap() > 0, "{idle:#}");
 }
 
-both_backends!(bench_runs_every_scenario_with_checks);
+mod bench_runs_every_scenario_with_checks {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::bench_runs_every_scenario_with_checks(super::Backend::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::bench_runs_every_scenario_with_checks(super::Backend::Postgres).await
+    }
+}
 
 /// The Postgres baseline runs interleaved with baton in the same cells, passes the same
 /// checks, and yields a baton/baseline ratio; stream-fanout has no Postgres row to measure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_baseline_runs_beside_baton() {
-    let baseline = TestDb::new(Backend::Postgres).await;
+    let baseline = TempDatabase::new(Backend::Postgres).await.unwrap();
     let out = bench(args(&[
         "--spawn",
         "sqlite",
         "--baseline",
         "postgres",
         "--baseline-pg-url",
-        &baseline.url,
+        baseline.url(),
         "--scenario",
         "lease-cycle,transition,transition-hot,append,stream-fanout",
     ]))

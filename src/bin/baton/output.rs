@@ -1,6 +1,6 @@
 //! How client commands print: one JSON document with `--json`, short human lines otherwise.
 
-use crate::proto;
+use baton::proto;
 use serde_json::{Value, json};
 
 fn time(t: &Option<prost_types::Timestamp>) -> Value {

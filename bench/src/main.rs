@@ -1,37 +1,44 @@
-//! `baton bench`: a load generator that drives baton over gRPC and, in the same run and
+//! `baton-bench`: a load generator that drives baton over gRPC and, in the same run and
 //! interleaved per (scenario, clients) cell, the same work done directly against Postgres
 //! and etcd, then checks that nothing was lost, duplicated or skipped. See BENCHMARKS.md.
 
-mod baton;
 mod checks;
-#[cfg(feature = "etcd")]
-mod etcd;
 mod fanout;
 mod load;
-mod pg;
 mod report;
 mod server;
 mod stats;
+mod systems;
 
-use clap::{Args, ValueEnum};
+use baton::Backend;
+use clap::{Parser, ValueEnum};
 use load::Timing;
 use serde::Serialize;
 use stats::{Latency, Stats};
 use std::process::ExitCode;
 use std::time::Duration;
+#[cfg(feature = "etcd")]
+use systems::etcd;
+use systems::pg;
 
 /// The default Postgres of a spawned server and of the Postgres baseline.
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// `baton bench …`
-#[derive(Debug, Args)]
+/// Measures a baton server's throughput, latency and correctness, beside raw Postgres and
+/// etcd doing the same work in the same run (see BENCHMARKS.md).
+#[derive(Debug, Parser)]
+#[command(name = "baton-bench", version, about)]
 pub struct BenchArgs {
     /// A running server to drive (default http://127.0.0.1:50051 unless --spawn).
     #[arg(long, env = "BATON_BENCH_TARGET", conflicts_with = "spawn")]
     target: Option<String>,
-    /// Spawn `baton serve` on 127.0.0.1:0 with this backend instead, and kill it at the end.
-    #[arg(long, env = "BATON_BENCH_SPAWN", value_enum)]
+    /// Spawn `baton serve` on 127.0.0.1:0 with this backend (sqlite or postgres) instead,
+    /// and kill it at the end.
+    #[arg(long, env = "BATON_BENCH_SPAWN")]
     spawn: Option<Backend>,
+    /// The `baton` executable to spawn (default: $BATON_BIN, else the one beside baton-bench).
+    #[arg(long)]
+    baton_bin: Option<std::path::PathBuf>,
     /// Database of the spawned server (postgres default: the local `test` database;
     /// sqlite default: a fresh temporary file).
     #[arg(long, env = "BATON_BENCH_DATABASE_URL", requires = "spawn")]
@@ -92,13 +99,6 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(d)
-}
-
-/// Backend of a spawned server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Sqlite,
-    Postgres,
 }
 
 /// A scenario, or all of them.
@@ -272,9 +272,11 @@ pub struct Results {
     pub notes: Vec<String>,
 }
 
-/// Runs `baton bench`; exit 0 when every check passed, 1 otherwise or on a setup error.
-pub async fn run(args: BenchArgs) -> ExitCode {
-    match run_inner(args).await {
+/// Runs the bench; exit 0 when every check passed, 1 otherwise or on a setup error.
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    match run(args).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -314,7 +316,7 @@ pub struct Plan {
     pub streams_per_connection: u32,
 }
 
-async fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
+async fn run(args: BenchArgs) -> Result<ExitCode, String> {
     // Each count once, in the order given.
     let mut clients: Vec<u32> = vec![];
     for &n in &args.clients {
@@ -341,7 +343,15 @@ async fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
     }
 
     let server = match args.spawn {
-        Some(backend) => Some(server::Spawned::start(backend, args.database_url.clone(), args.pool_size).await?),
+        Some(backend) => Some(
+            server::Spawned::start(
+                args.baton_bin.clone(),
+                backend,
+                args.database_url.clone(),
+                args.pool_size,
+            )
+            .await?,
+        ),
         None => None,
     };
     let target = match (&server, &args.target) {
@@ -353,7 +363,7 @@ async fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
     #[allow(unused_mut)] // only the etcd baseline adds notes
     let mut notes = vec![];
 
-    let mut baton = baton::Baton::setup(&target, &plan)
+    let mut baton = systems::baton::Baton::setup(&target, &plan)
         .await
         .map_err(|e| format!("baton at {target}: {e}"))?;
     let mut pg = if wants(BaselineArg::Postgres) {

@@ -2,11 +2,11 @@
 //! (lease grant + put-if-absent txn + revoke; compare-mod-revision txn; put; watch), under
 //! a fresh key prefix per run.
 
-use super::checks::{CHECK_CONCURRENCY, Findings, gapless};
-use super::fanout::{self, Ready, Seen, Window};
-use super::load::{self, Tally, Worker, drive};
-use super::stats::Outcome;
-use super::{Cell, Plan, Scenario, System};
+use crate::checks::{CHECK_CONCURRENCY, Findings, gapless};
+use crate::fanout::{self, Ready, Seen, Window};
+use crate::load::{self, Tally, Worker, drive};
+use crate::stats::Outcome;
+use crate::{Cell, Plan, Scenario, System};
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };

@@ -1,0 +1,109 @@
+//! Everything `baton serve` can be told, with its defaults — written once, here. The same
+//! type is the command line (each setting a flag and a `BATON_*` variable) and what tests
+//! and embedders pass to [`crate::app::Application::build`].
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Settings of one baton replica.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct Settings {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Database: sqlite:PATH (created if missing) or postgres://USER[:PASS]@HOST[:PORT]/DB.
+    #[arg(long, env = "BATON_DATABASE_URL", default_value = "sqlite:baton.db")]
+    pub database_url: String,
+    /// Longest graceful shutdown on SIGINT/SIGTERM.
+    #[arg(long, env = "BATON_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    /// Heartbeat interval of idle event streams.
+    #[arg(long, env = "BATON_HEARTBEAT", default_value = "15s", value_parser = positive)]
+    pub heartbeat: Duration,
+    /// Close HTTP/2 connections after this age so a load balancer can rebalance (0 = never).
+    #[arg(long, env = "BATON_MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+    /// HTTP/2 keepalive ping interval.
+    #[arg(long, env = "BATON_KEEPALIVE", default_value = "30s", value_parser = positive)]
+    pub keepalive: Duration,
+    /// Database connections per replica (Postgres): a few per core; more only adds contention.
+    #[arg(long, env = "BATON_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pool_size: u32,
+    /// How long request-id outcomes are kept for safe retries.
+    #[arg(long, env = "BATON_REQUEST_RETENTION", default_value = "24h", value_parser = positive)]
+    pub request_retention: Duration,
+    /// How often health re-checks the database.
+    #[arg(long, env = "BATON_HEALTH_INTERVAL", default_value = "2s", value_parser = positive)]
+    pub health_interval: Duration,
+    /// Log format (to stderr).
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. info or baton=debug,info.
+    #[arg(long, env = "BATON_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn positive(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+impl Settings {
+    /// The HTTP/2 connection age limit, `None` for "never".
+    pub fn connection_age(&self) -> Option<Duration> {
+        (!self.max_connection_age.is_zero()).then_some(self.max_connection_age)
+    }
+}
+
+/// Only to read the defaults off the argument definitions.
+#[derive(Parser)]
+struct Defaults {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl Default for Settings {
+    /// The defaults written in the argument definitions above, ignoring the environment.
+    fn default() -> Self {
+        let command = Defaults::command().mut_args(|a| a.env(None));
+        let matches = command.get_matches_from(["baton"]);
+        // The defaults above are valid values; a typo there fails every test at once.
+        Settings::from_arg_matches(&matches).expect("the defaults of Settings parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_argument_definitions() {
+        let s = Settings::default();
+        assert_eq!(s.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(s.database_url, "sqlite:baton.db");
+        assert_eq!(s.heartbeat, Duration::from_secs(15));
+        assert_eq!(s.connection_age(), Some(Duration::from_secs(300)));
+        assert_eq!(s.pool_size, 8);
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let cli = Defaults::try_parse_from(["baton", "--pool-size", "3", "--max-connection-age", "0"]).unwrap();
+        assert_eq!(cli.settings.pool_size, 3);
+        assert_eq!(cli.settings.connection_age(), None);
+        assert!(Defaults::try_parse_from(["baton", "--heartbeat", "0s"]).is_err());
+    }
+}

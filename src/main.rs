@@ -1,4 +1,0 @@
-//! The `baton` binary: parses flags and hands over to the library.
-fn main() -> std::process::ExitCode {
-    baton::cli::main()
-}
