@@ -15,6 +15,8 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 }
 pub mod app;
+#[doc(hidden)]
+pub mod faults;
 pub mod grpc;
 pub mod process;
 pub mod service;

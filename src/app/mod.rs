@@ -8,10 +8,11 @@ mod settings;
 pub use settings::{LogFormat, Settings};
 
 use crate::domain::time::Clock;
+use crate::faults::Faults;
 use crate::grpc::CoordinatorService;
 use crate::proto::{self, coordinator_server::CoordinatorServer};
 use crate::service::{Coordinator, ServiceConfig};
-use crate::storage::{self, Store, StoreError};
+use crate::storage::{self, Store, StoreError, StoreOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,16 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+
+/// What tests inject into a server besides its settings.
+#[derive(Debug, Clone, Default)]
+pub struct Wiring {
+    /// The clock (tests advance it instead of sleeping).
+    pub clock: Clock,
+    /// Deliberate faults (the fault suite and its canary).
+    #[doc(hidden)]
+    pub faults: Faults,
+}
 
 /// Why the server could not start or run. Each renders as one line.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +64,26 @@ impl Application {
 
     /// [`Application::build`] with an injected clock (tests advance it instead of sleeping).
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, AppError> {
-        let store = storage::connect(&settings.database_url, clock, settings.pool_size).await?;
+        Self::build_with(
+            settings,
+            Wiring {
+                clock,
+                ..Wiring::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Application::build`] with what only code can inject: a clock and deliberate faults.
+    pub async fn build_with(settings: Settings, wiring: Wiring) -> Result<Self, AppError> {
+        let options = StoreOptions {
+            clock: wiring.clock,
+            pool_size: settings.pool_size,
+            idle_in_transaction_timeout: settings.pg_idle_in_transaction_timeout,
+            lock_timeout: settings.pg_lock_timeout,
+            faults: wiring.faults.clone(),
+        };
+        let store = storage::connect(&settings.database_url, options).await?;
         let listener = match TcpListener::bind(settings.listen).await {
             Ok(l) => l,
             Err(source) => {
@@ -72,6 +102,7 @@ impl Application {
         let config = ServiceConfig {
             heartbeat: settings.heartbeat,
             request_retention: settings.request_retention,
+            faults: wiring.faults,
         };
         let coordinator = Coordinator::new(store.clone(), config, drain_rx);
         Ok(Self {

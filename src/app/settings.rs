@@ -30,6 +30,13 @@ pub struct Settings {
     /// Database connections per replica (Postgres): a few per core; more only adds contention.
     #[arg(long, env = "BATON_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pool_size: u32,
+    /// Postgres ends a session idle inside a transaction this long (a frozen or cut-off
+    /// replica), rolling it back and freeing its key for the other replicas.
+    #[arg(long, env = "BATON_PG_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "5s", value_parser = positive)]
+    pub pg_idle_in_transaction_timeout: Duration,
+    /// Longest wait for a key's lock on Postgres; a call that waits longer is UNAVAILABLE.
+    #[arg(long, env = "BATON_PG_LOCK_TIMEOUT", default_value = "10s", value_parser = positive)]
+    pub pg_lock_timeout: Duration,
     /// How long request-id outcomes are kept for safe retries.
     #[arg(long, env = "BATON_REQUEST_RETENTION", default_value = "24h", value_parser = positive)]
     pub request_retention: Duration,

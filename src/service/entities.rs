@@ -3,7 +3,6 @@
 //! then stores what the domain planned.
 
 use super::idempotency::{call_id, remember, replay};
-use super::leases::check_fence;
 use super::{Coordinator, Result};
 use crate::domain::DomainError;
 use crate::domain::command::{CreateEntity, GetEntity, ListEntities, Transition};
@@ -64,8 +63,11 @@ impl Coordinator {
             cmd.kind.as_str(),
             &(&cmd.id, &cmd.dedup_key, &cmd.fields, &cmd.fence),
         );
-        let _turn = self.queue.turn(lock).await;
-        self.retrying(|| self.create_once(&cmd, &id, lock, &call)).await
+        self.detached(move |this| async move {
+            let _turn = this.queue.turn(lock).await;
+            this.retrying(|| this.create_once(&cmd, &id, lock, &call)).await
+        })
+        .await
     }
 
     async fn create_once(&self, cmd: &CreateEntity, id: &EntityId, lock: i64, call: &str) -> Result<CreateOutcome> {
@@ -87,7 +89,7 @@ impl Coordinator {
                 return Err(refusal.into());
             }
         };
-        check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
+        self.check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
         if let Some(dedup) = &cmd.dedup_key
             && let Some(existing) = tx.entity_by_dedup(&cmd.ns, &cmd.kind, dedup).await?
         {
@@ -131,8 +133,11 @@ impl Coordinator {
     pub async fn transition(&self, cmd: Transition) -> Result<TransitionOutcome> {
         let call = call_id("Transition", cmd.entity_id.as_str(), &(&cmd.ask, &cmd.fence));
         let lock = entity_lock(&cmd.ns, &cmd.entity_id);
-        let _turn = self.queue.turn(lock).await;
-        self.retrying(|| self.transition_once(&cmd, lock, &call)).await
+        self.detached(move |this| async move {
+            let _turn = this.queue.turn(lock).await;
+            this.retrying(|| this.transition_once(&cmd, lock, &call)).await
+        })
+        .await
     }
 
     async fn transition_once(&self, cmd: &Transition, lock: i64, call: &str) -> Result<TransitionOutcome> {
@@ -148,7 +153,7 @@ impl Coordinator {
             .await?
             .ok_or_else(|| not_found(&cmd.entity_id))?;
         let planned = self.machine_for_write(&mut *tx, &cmd.ns, &entity.kind).await?;
-        check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
+        self.check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
         let change = match plan_transition(&planned.stored.machine, &entity, &cmd.ask, tx.now()) {
             Ok(TransitionPlan::Apply(change)) => change,
             Ok(TransitionPlan::Noop) => {

@@ -1,10 +1,15 @@
 //! The replica's wake-up hub. One task reads the store's committed changes (NOTIFY from
 //! every replica, or in-process for SQLite) and fans each out from one in-memory copy to
 //! the local stream subscribers of that entity and the lease waiters of that key.
+//!
+//! A wake-up can still be missed (a replica that died between its commit and its NOTIFY,
+//! a bug): [`Hub::sweep`] compares, once per heartbeat, the head the hub last heard of for
+//! every subscribed entity with the stored one, in one query, and wakes the subscribers of
+//! any entity that is behind — so a missed wake-up costs at most one heartbeat.
 
 use crate::domain::names::{EntityId, LeaseKey, Namespace};
 use crate::domain::tape::{Seq, StoredEvent};
-use crate::storage::Change;
+use crate::storage::{Change, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, broadcast, watch};
@@ -23,9 +28,19 @@ pub enum TapeSignal {
 type TapeKey = (Namespace, EntityId);
 type LeaseKeyOf = (Namespace, LeaseKey);
 
+/// One subscribed entity.
+struct Tape {
+    signals: broadcast::Sender<TapeSignal>,
+    /// The highest head this replica has heard of (None until the first sweep or change).
+    head: Option<Seq>,
+}
+
+/// Entities whose stored heads one sweep query reads.
+const SWEEP_CHUNK: usize = 500;
+
 /// Per-replica registry of subscribers and waiters.
 pub struct Hub {
-    tapes: Mutex<HashMap<TapeKey, broadcast::Sender<TapeSignal>>>,
+    tapes: Mutex<HashMap<TapeKey, Tape>>,
     leases: Mutex<HashMap<LeaseKeyOf, Arc<Notify>>>,
     /// How many lease waiters are registered, published so that tests (and metrics) can
     /// wait for a waiter to park instead of polling.
@@ -76,14 +91,15 @@ impl Hub {
                 head,
                 events,
             } => {
-                let tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(tx) = tapes.get(&(ns, entity_id)) {
+                let mut tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(tape) = tapes.get_mut(&(ns, entity_id)) {
+                    tape.head = tape.head.max(Some(head));
                     let signal = if events.is_empty() {
                         TapeSignal::Head(head)
                     } else {
                         TapeSignal::Events(Arc::new(events))
                     };
-                    let _ = tx.send(signal);
+                    let _ = tape.signals.send(signal);
                 }
             }
             Change::LeaseFreed { ns, key } => {
@@ -92,14 +108,46 @@ impl Hub {
                 }
             }
             Change::Resync => {
-                for tx in self.tapes.lock().unwrap_or_else(|p| p.into_inner()).values() {
-                    let _ = tx.send(TapeSignal::Resync);
+                for tape in self.tapes.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                    let _ = tape.signals.send(TapeSignal::Resync);
                 }
                 for n in self.leases.lock().unwrap_or_else(|p| p.into_inner()).values() {
                     n.notify_waiters();
                 }
             }
         }
+    }
+
+    /// Wakes the subscribers of every entity whose stored head is past the head this
+    /// replica has heard of: one query per [`SWEEP_CHUNK`] subscribed entities, whatever the
+    /// number of streams. Returns how many entities were behind.
+    pub async fn sweep(&self, store: &dyn Store) -> crate::storage::Result<usize> {
+        let keys: Vec<TapeKey> = self
+            .tapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut behind = 0;
+        for chunk in keys.chunks(SWEEP_CHUNK) {
+            let heads = store.heads(chunk).await?;
+            let mut tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, stored) in heads {
+                let Some(tape) = tapes.get_mut(&key) else { continue };
+                if tape.head.is_none_or(|known| stored > known) {
+                    if tape.head.is_some() {
+                        behind += 1;
+                    }
+                    tape.head = Some(stored);
+                    let _ = tape.signals.send(TapeSignal::Head(stored));
+                }
+            }
+        }
+        if behind > 0 {
+            tracing::warn!(entities = behind, "missed wake-ups made up from the table");
+        }
+        Ok(behind)
     }
 
     /// Subscribes to an entity's signals. Subscribe *before* reading the table, so nothing
@@ -109,7 +157,11 @@ impl Hub {
         let mut tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
         let rx = tapes
             .entry(key.clone())
-            .or_insert_with(|| broadcast::channel(TAPE_CHANNEL_CAPACITY).0)
+            .or_insert_with(|| Tape {
+                signals: broadcast::channel(TAPE_CHANNEL_CAPACITY).0,
+                head: None,
+            })
+            .signals
             .subscribe();
         TapeSubscription {
             rx,
@@ -167,7 +219,7 @@ impl Drop for TapeSubscription {
     fn drop(&mut self) {
         let mut tapes = self.hub.tapes.lock().unwrap_or_else(|p| p.into_inner());
         // Our own receiver is still alive here: 1 means we are the last.
-        if tapes.get(&self.key).is_some_and(|tx| tx.receiver_count() <= 1) {
+        if tapes.get(&self.key).is_some_and(|t| t.signals.receiver_count() <= 1) {
             tapes.remove(&self.key);
         }
     }

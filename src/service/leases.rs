@@ -31,21 +31,24 @@ pub struct LeaseView {
     pub last_token: u64,
 }
 
-/// The fence check of a fenced write (I3): inside the write's transaction, with a share
-/// lock on the lease row so a takeover waits until the write has committed.
-pub async fn check_fence(tx: &mut dyn WriteTx, ns: &Namespace, fence: Option<&Fence>) -> Result<()> {
-    if let Some(f) = fence {
-        let row = tx.lease_row(ns, &f.key, true).await?;
-        lease::check_fence(row.as_ref(), &f.key, f.token, tx.now())?;
-    }
-    Ok(())
-}
-
 fn lease_lock(ns: &Namespace, key: &LeaseKey) -> i64 {
     lock_key(ns, lock_space::LEASE, key.as_str())
 }
 
 impl Coordinator {
+    /// The fence check of a fenced write (I3): inside the write's transaction, with a share
+    /// lock on the lease row so a takeover waits until the write has committed.
+    pub(super) async fn check_fence(&self, tx: &mut dyn WriteTx, ns: &Namespace, fence: Option<&Fence>) -> Result<()> {
+        if let Some(f) = fence {
+            let row = tx.lease_row(ns, &f.key, true).await?;
+            if self.config.faults.skip_fence_check {
+                return Ok(()); // the canary: a broken build the fault suite must catch
+            }
+            lease::check_fence(row.as_ref(), &f.key, f.token, tx.now())?;
+        }
+        Ok(())
+    }
+
     /// AcquireLease: tries, then (with `wait`) sleeps until a release on any replica or the
     /// holder's expiry time, whichever comes first, and tries again. No polling loop.
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, key = %cmd.key))]
@@ -58,7 +61,13 @@ impl Coordinator {
             let notified = waiter.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let out = self.try_acquire(&cmd).await?;
+            // Each attempt is detached (a grant that committed is announced and recorded
+            // even if the caller left); the wait between attempts is not: a caller that
+            // went away stops waiting.
+            let attempt = cmd.clone();
+            let out = self
+                .detached(move |this| async move { this.try_acquire(&attempt).await })
+                .await?;
             let now = Instant::now();
             if out.acquired || now >= deadline {
                 return Ok(out);
@@ -106,13 +115,18 @@ impl Coordinator {
     /// RenewLease: the live lease with `token` gets `now + ttl`, else LEASE_LOST.
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, key = %cmd.key))]
     pub async fn renew_lease(&self, cmd: RenewLease) -> Result<Lease> {
+        self.detached(move |this| async move { this.renew_once(&cmd).await })
+            .await
+    }
+
+    async fn renew_once(&self, cmd: &RenewLease) -> Result<Lease> {
         let RenewLease {
             ns,
             key,
             token,
             ttl,
             request_id,
-        } = &cmd;
+        } = cmd;
         let call = call_id("RenewLease", key.as_str(), &(token, ttl));
         let lock = lease_lock(ns, key);
         let _turn = self.queue.turn(lock).await;
@@ -131,12 +145,17 @@ impl Coordinator {
     /// ReleaseLease: idempotent; true when this call ended the live lease.
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, key = %cmd.key))]
     pub async fn release_lease(&self, cmd: ReleaseLease) -> Result<bool> {
+        self.detached(move |this| async move { this.release_once(&cmd).await })
+            .await
+    }
+
+    async fn release_once(&self, cmd: &ReleaseLease) -> Result<bool> {
         let ReleaseLease {
             ns,
             key,
             token,
             request_id,
-        } = &cmd;
+        } = cmd;
         let call = call_id("ReleaseLease", key.as_str(), token);
         let lock = lease_lock(ns, key);
         let _turn = self.queue.turn(lock).await;

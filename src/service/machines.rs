@@ -143,6 +143,11 @@ impl Coordinator {
     /// kind (they hold it shared), and holds new ones off until it commits.
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, kind = %cmd.machine.kind()))]
     pub async fn define_machine(&self, cmd: DefineMachine) -> Result<DefineOutcome> {
+        self.detached(move |this| async move { this.define_once(cmd).await })
+            .await
+    }
+
+    async fn define_once(&self, cmd: DefineMachine) -> Result<DefineOutcome> {
         let DefineMachine { ns, machine } = cmd;
         let kind = machine.kind().clone();
         let mut tx = self

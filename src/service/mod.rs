@@ -35,6 +35,9 @@ pub struct ServiceConfig {
     pub heartbeat: Duration,
     /// How long request-id outcomes are kept.
     pub request_retention: Duration,
+    /// Deliberate faults (tests only).
+    #[doc(hidden)]
+    pub faults: crate::faults::Faults,
 }
 
 /// The coordinator: cheap to clone, shared by every gRPC handler.
@@ -55,6 +58,12 @@ impl Coordinator {
     /// Wires a coordinator over a store and starts its hub.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> Self {
         let hub = Hub::start(store.changes());
+        tokio::spawn(sweeper(
+            Arc::downgrade(&hub),
+            store.clone(),
+            config.heartbeat,
+            shutdown.clone(),
+        ));
         Self {
             store,
             hub,
@@ -85,6 +94,49 @@ impl Coordinator {
             now.0 - i64::try_from(self.config.request_retention.as_micros()).unwrap_or(i64::MAX),
         );
         Ok(self.store.purge_requests(cutoff).await?)
+    }
+}
+
+impl Coordinator {
+    /// Runs a write to its end on a task of its own, and waits for it.
+    ///
+    /// tonic drops a handler's future when its caller goes away (a deadline, a cancel, a
+    /// dropped connection). A write that has committed must still be announced to every
+    /// subscriber, local and remote, and its outcome must stay recorded for retries — so
+    /// everything from `begin` to the announcement runs here, where the caller's going away
+    /// cannot stop it. Every mutating call goes through this; it is the one place where the
+    /// "after commit" work is protected.
+    pub(crate) async fn detached<T, F>(&self, write: impl FnOnce(Coordinator) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        match tokio::spawn(write(self.clone())).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(Error::Internal(format!("write task failed: {e}"))),
+        }
+    }
+}
+
+/// Once per heartbeat, makes up missed wake-ups from the table ([`Hub::sweep`]), until the
+/// server drains or the hub is gone.
+async fn sweeper(
+    hub: std::sync::Weak<Hub>,
+    store: Arc<dyn Store>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = raised(&mut shutdown) => return,
+            _ = tick.tick() => {}
+        }
+        let Some(hub) = hub.upgrade() else { return };
+        if let Err(e) = hub.sweep(&*store).await {
+            tracing::warn!(error = %e, "cannot compare tape heads with the table");
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 use super::entities::{entity_lock, write_change};
 use super::hub::TapeSignal;
 use super::idempotency::{call_id, remember, replay};
-use super::leases::check_fence;
 use super::{Coordinator, Error, Result};
 use crate::domain::DomainError;
 use crate::domain::command::{AppendEvents, StreamEvents};
@@ -51,12 +50,17 @@ impl Coordinator {
             &(&cmd.events, &cmd.fence, cmd.if_sealed),
         );
         let lock = entity_lock(&cmd.ns, &cmd.entity_id);
+        self.detached(move |this| async move { this.append_once(&cmd, lock, &call).await })
+            .await
+    }
+
+    async fn append_once(&self, cmd: &AppendEvents, lock: i64, call: &str) -> Result<AppendOutcome> {
         let _turn = self.queue.turn(lock).await;
         let mut tx = self
             .store
             .begin_at(lock, First::Entity(&cmd.ns, &cmd.entity_id))
             .await?;
-        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call).await? {
+        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call).await? {
             return Ok(out);
         }
         let entity = tx
@@ -66,7 +70,7 @@ impl Coordinator {
                 what: "entity",
                 name: cmd.entity_id.to_string(),
             })?;
-        check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
+        self.check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
         let change = match plan_append(&entity, &cmd.events, cmd.if_sealed, tx.now())? {
             AppendPlan::Dropped { final_seq } => {
                 return Ok(AppendOutcome {
@@ -83,7 +87,7 @@ impl Coordinator {
             final_seq: None,
         };
         write_change(&mut *tx, &cmd.ns, change).await?;
-        remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), &call, &out).await?;
+        remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call, &out).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -146,9 +150,6 @@ impl Coordinator {
             self.config.heartbeat,
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Where replicas notify each other after commit, a notification can be lost with its
-        // replica; in-process wake-ups cannot be.
-        let reread_on_heartbeat = self.store.capabilities().wakeups_can_be_lost;
         // Send one event; Ok(true) once `final` went out (the stream is complete).
         let send = |ev: Arc<StoredEvent>, cursor: &mut Seq| {
             let out = out.clone();
@@ -183,13 +184,9 @@ impl Coordinator {
                     _ = super::raised(&mut shutdown) => return Err(Error::ShuttingDown { last_seq: Some(*cursor) }),
                     _ = out.closed() => return Ok(()),
                     _ = heartbeat.tick() => {
+                        // (A missed wake-up is made up by the hub's sweep, once per entity.)
                         if out.send(Ok(StreamItem::Heartbeat(*cursor))).await.is_err() {
                             return Ok(());
-                        }
-                        if reread_on_heartbeat {
-                            // A replica that died between a commit and its notification
-                            // left us unwoken: the table has the truth.
-                            continue 'catch_up;
                         }
                     }
                     signal = signals.recv() => match signal {

@@ -40,9 +40,13 @@ impl StoreError {
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // Raised by baton_flush when a machine the transaction relied on changed.
                 Some(MACHINE_CHANGED) => StoreError::Conflict(db.message().to_string()),
-                // Postgres: connection exceptions, admin shutdown, cannot connect now,
-                // too many connections. SQLite: busy / locked.
-                Some(c) if c.starts_with("08") || c == "57P01" || c == "57P03" || c == "53300" => {
+                // Postgres: connection exceptions, admin shutdown, cannot connect now, too
+                // many connections, a session ended for idling inside a transaction (25P03),
+                // a lock not granted within lock_timeout (55P03). SQLite: busy / locked.
+                Some(c)
+                    if c.starts_with("08")
+                        || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "25P03" | "55P03") =>
+                {
                     StoreError::Unavailable(e.to_string())
                 }
                 Some("5" | "6" | "261" | "517") => StoreError::Unavailable(e.to_string()),

@@ -18,8 +18,10 @@ use crate::domain::machine::StoredMachine;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
 use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::{Clock, Timestamp};
+use crate::faults::Faults;
 use async_trait::async_trait;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// Result of storage calls.
@@ -82,22 +84,11 @@ impl std::str::FromStr for Backend {
     }
 }
 
-/// What a backend can and cannot promise, for the layers above (instead of asking which
-/// backend it is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capabilities {
-    /// Other replicas hear of commits by notifications sent after commit, which a replica
-    /// that dies in between never sends: live streams must re-read the table now and then.
-    pub wakeups_can_be_lost: bool,
-}
-
 /// A storage backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which backend this is (for logs).
     fn backend(&self) -> Backend;
-    /// What this backend promises.
-    fn capabilities(&self) -> Capabilities;
     /// The clock (skew source in tests).
     fn clock(&self) -> &Clock;
     /// Begins a write transaction holding the lock of `lock_key` (see
@@ -120,6 +111,8 @@ pub trait Store: Send + Sync + 'static {
     async fn entity(&self, ns: &Namespace, id: &EntityId) -> Result<Option<Entity>>;
     /// A page of entities, ordered by id.
     async fn list_entities(&self, q: &ListEntities) -> Result<Vec<Entity>>;
+    /// The stored tape heads of these entities (absent ones are left out), in one query.
+    async fn heads(&self, keys: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>>;
     /// Up to `limit` events with seq > `after`, in order.
     async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>>;
     /// Deletes request outcomes stored before `before`; returns how many.
@@ -239,13 +232,43 @@ pub trait WriteTx: Send {
     }
 }
 
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The clock (database time on Postgres is shifted by its skew).
+    pub clock: Clock,
+    /// Postgres connections per replica.
+    pub pool_size: u32,
+    /// Postgres ends a baton session that sits idle inside a transaction this long (a frozen
+    /// or partitioned replica), rolling the transaction back and freeing its key's lock.
+    pub idle_in_transaction_timeout: Duration,
+    /// Postgres gives up a wait for a lock after this long (the call is UNAVAILABLE).
+    pub lock_timeout: Duration,
+    /// Deliberate faults (tests only; all off by default).
+    pub faults: Faults,
+}
+
+impl StoreOptions {
+    /// Options with this clock and pool size, the other bounds at values that never cut a
+    /// healthy transaction, no faults. (The server's defaults are in `app::Settings`.)
+    pub fn new(clock: Clock, pool_size: u32) -> Self {
+        Self {
+            clock,
+            pool_size,
+            idle_in_transaction_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(10),
+            faults: Faults::default(),
+        }
+    }
+}
+
 /// Opens the store a database URL names: `postgres://…` / `postgresql://…` or
 /// `sqlite:…`. Runs migrations.
-pub async fn connect(url: &str, clock: Clock, pool_size: u32) -> Result<Arc<dyn Store>> {
+pub async fn connect(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url, clock, pool_size).await?))
+        Ok(Arc::new(PgStore::connect(url, options).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, clock).await?))
+        Ok(Arc::new(SqliteStore::connect(url, options).await?))
     } else {
         Err(StoreError::Config(format!(
             "unsupported database URL {:?}: use postgres://user@host/db or sqlite:path/to/file.db",

@@ -5,7 +5,7 @@
 //! replica hears them.
 
 use super::rows::{self, impl_store, impl_write_tx};
-use super::{Backend, Capabilities, Change, First, Result, StoreError, Write};
+use super::{Backend, Change, First, Result, StoreError, StoreOptions, Write};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
 use crate::domain::machine::StoredMachine;
@@ -47,10 +47,29 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects, runs migrations and starts the notification listener.
-    pub async fn connect(url: &str, clock: Clock, pool_size: u32) -> Result<Self> {
+    pub async fn connect(url: &str, opts: StoreOptions) -> Result<Self> {
+        let StoreOptions {
+            clock,
+            pool_size,
+            idle_in_transaction_timeout,
+            lock_timeout,
+            faults,
+        } = opts;
+        let millis = |d: Duration| d.as_millis().max(1).to_string();
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("bad Postgres URL {:?}: {e}", super::redact(url))))?
-            .log_statements(tracing::log::LevelFilter::Trace);
+            .log_statements(tracing::log::LevelFilter::Trace)
+            // A replica frozen (or cut off) inside a transaction must not hold its key's lock
+            // for long: Postgres ends the session and rolls the transaction back, so writers
+            // on other replicas go on. A healthy transaction is idle only between its two
+            // round trips, for the microseconds the domain takes to decide.
+            .options([
+                (
+                    "idle_in_transaction_session_timeout",
+                    millis(idle_in_transaction_timeout),
+                ),
+                ("lock_timeout", millis(lock_timeout)),
+            ]);
         let pool = PgPoolOptions::new()
             // No ping per checkout: that is a round trip per call. A dead connection fails its
             // first statement instead, which is reported as UNAVAILABLE and retried by clients.
@@ -77,6 +96,7 @@ impl PgStore {
             changes: changes.clone(),
             notices,
             replica,
+            pause: faults.pause_after_commit,
         });
         // Serve nothing before we can hear other replicas' commits.
         match tokio::time::timeout(Duration::from_secs(10), ready).await {
@@ -159,6 +179,21 @@ impl PgStore {
         })
     }
 
+    async fn heads_impl(&self, keys: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>> {
+        let (namespaces, ids): (Vec<&str>, Vec<&str>) = keys.iter().map(|(n, i)| (n.as_str(), i.as_str())).unzip();
+        sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT e.namespace, e.id, e.last_seq FROM unnest($1::text[], $2::text[]) AS k(namespace, id) \
+             JOIN entities e ON e.namespace = k.namespace AND e.id = k.id",
+        )
+        .bind(namespaces)
+        .bind(ids)
+        .fetch_all(&self.read_pool)
+        .await?
+        .into_iter()
+        .map(rows::head)
+        .collect()
+    }
+
     async fn now_impl(&self) -> Result<Timestamp> {
         let (now,): (i64,) = sqlx::query_as("SELECT baton_now_us($1)")
             .bind(self.clock.skew_micros())
@@ -195,16 +230,9 @@ impl PgStore {
     }
 }
 
-impl_store!(
-    PgStore,
-    Postgres,
-    Backend::Postgres,
-    Capabilities {
-        // Other replicas are notified after commit; see `notifier`.
-        wakeups_can_be_lost: true
-    },
-    |n| format!("(fields::jsonb ->> ${n}) IS NOT NULL")
-);
+impl_store!(PgStore, Postgres, Backend::Postgres, |n| format!(
+    "(fields::jsonb ->> ${n}) IS NOT NULL"
+));
 
 /// A pooled connection inside an open transaction. Dropped before commit (an error, a
 /// rejected call, a cancelled request), it rolls back before the pool may reuse it, and
@@ -382,6 +410,9 @@ impl PgTx {
             ..
         } = self;
         tx.finish();
+        if let Some(pause) = announcer.pause {
+            tokio::time::sleep(pause).await;
+        }
         announcer.announce(published);
         Ok(())
     }
@@ -440,6 +471,8 @@ struct Announcer {
     notices: mpsc::UnboundedSender<(&'static str, String)>,
     /// Prefixes this replica's notifications, so its listener skips them unread.
     replica: u64,
+    /// Fault injection: a pause between commit and announcement.
+    pause: Option<Duration>,
 }
 
 impl Announcer {

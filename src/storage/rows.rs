@@ -7,7 +7,7 @@ use crate::domain::command::ListEntities;
 use crate::domain::entity::{Entity, Fields, Version};
 use crate::domain::lease::{FencingToken, LeaseRow};
 use crate::domain::machine::{Machine, MachineSpec, StoredMachine};
-use crate::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name};
+use crate::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name, Namespace};
 use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::Timestamp;
 use std::sync::Arc;
@@ -147,6 +147,18 @@ pub fn entity(t: EntityTuple) -> Result<Entity> {
 pub fn fields_json(f: &Fields) -> String {
     // A map of strings always serializes.
     serde_json::to_string(f).unwrap_or_else(|_| "{}".into())
+}
+
+/// A `(namespace, id, last_seq)` row of a heads query.
+pub fn head((ns, id, last_seq): (String, String, i64)) -> Result<((Namespace, EntityId), Seq)> {
+    let bad = |e: crate::domain::DomainError| corrupt("entity", e);
+    Ok((
+        (
+            Namespace::parse("namespace", ns).map_err(bad)?,
+            EntityId::parse("id", id).map_err(bad)?,
+        ),
+        seq(last_seq).map_err(bad)?,
+    ))
 }
 
 fn seq(v: i64) -> std::result::Result<Seq, crate::domain::DomainError> {
@@ -335,15 +347,11 @@ pub(crate) use impl_write_tx;
 /// broadcast::Sender<Change>` and inherent methods `begin_impl`, `now_impl`,
 /// `is_housekeeper_impl`, `close_impl`. `$presence` renders "field `$n` is present".
 macro_rules! impl_store {
-    ($ty:ty, $db:ty, $backend:expr, $capabilities:expr, $presence:expr) => {
+    ($ty:ty, $db:ty, $backend:expr, $presence:expr) => {
         #[async_trait::async_trait]
         impl $crate::storage::Store for $ty {
             fn backend(&self) -> $crate::storage::Backend {
                 $backend
-            }
-
-            fn capabilities(&self) -> $crate::storage::Capabilities {
-                $capabilities
             }
 
             fn clock(&self) -> &Clock {
@@ -437,6 +445,13 @@ macro_rules! impl_store {
                     .into_iter()
                     .map(rows::event)
                     .collect::<$crate::storage::Result<_>>()?)
+            }
+
+            async fn heads(
+                &self,
+                keys: &[(Namespace, EntityId)],
+            ) -> $crate::storage::Result<Vec<((Namespace, EntityId), $crate::domain::tape::Seq)>> {
+                self.heads_impl(keys).await
             }
 
             async fn purge_requests(&self, before: Timestamp) -> $crate::storage::Result<u64> {

@@ -3,12 +3,12 @@
 //! `BEGIN IMMEDIATE` takes the database write lock up front. Wake-ups are in-process.
 
 use super::rows::{self, impl_store, impl_write_tx};
-use super::{Backend, Capabilities, Change, First, Result, StoreError, Write};
+use super::{Backend, Change, First, Result, StoreError, StoreOptions, Write};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
 use crate::domain::machine::StoredMachine;
 use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
-use crate::domain::tape::StoredEvent;
+use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::{Clock, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
@@ -22,11 +22,14 @@ pub struct SqliteStore {
     read_pool: SqlitePool,
     clock: Clock,
     changes: broadcast::Sender<Change>,
+    /// Fault injection: a pause between commit and announcement.
+    pause: Option<Duration>,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file and runs migrations.
-    pub async fn connect(url: &str, clock: Clock) -> Result<Self> {
+    pub async fn connect(url: &str, opts: StoreOptions) -> Result<Self> {
+        let StoreOptions { clock, faults, .. } = opts;
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("bad SQLite URL {url:?}: {e}")))?
             .create_if_missing(true)
@@ -53,6 +56,7 @@ impl SqliteStore {
             read_pool,
             clock,
             changes,
+            pause: faults.pause_after_commit,
         })
     }
 
@@ -64,7 +68,24 @@ impl SqliteStore {
             now: self.clock.now(),
             pending: Vec::new(),
             changes: self.changes.clone(),
+            pause: self.pause,
         })
+    }
+
+    async fn heads_impl(&self, keys: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>> {
+        // SQLite has no arrays: the keys travel as one JSON parameter.
+        let keys: Vec<[&str; 2]> = keys.iter().map(|(n, i)| [n.as_str(), i.as_str()]).collect();
+        let keys = serde_json::to_string(&keys).map_err(|e| StoreError::Internal(e.to_string()))?;
+        sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT e.namespace, e.id, e.last_seq FROM json_each($1) AS k \
+             JOIN entities e ON e.namespace = k.value ->> 0 AND e.id = k.value ->> 1",
+        )
+        .bind(keys)
+        .fetch_all(&self.read_pool)
+        .await?
+        .into_iter()
+        .map(rows::head)
+        .collect()
     }
 
     async fn now_impl(&self) -> Result<Timestamp> {
@@ -81,16 +102,9 @@ impl SqliteStore {
     }
 }
 
-impl_store!(
-    SqliteStore,
-    Sqlite,
-    Backend::Sqlite,
-    Capabilities {
-        // One process: subscribers are woken in-process at commit.
-        wakeups_can_be_lost: false
-    },
-    |n| format!("json_extract(fields, '$.' || ${n}) IS NOT NULL")
-);
+impl_store!(SqliteStore, Sqlite, Backend::Sqlite, |n| format!(
+    "json_extract(fields, '$.' || ${n}) IS NOT NULL"
+));
 
 /// A SQLite write transaction; its changes are announced after commit.
 pub struct SqliteTx {
@@ -98,6 +112,7 @@ pub struct SqliteTx {
     now: Timestamp,
     pending: Vec<Change>,
     changes: broadcast::Sender<Change>,
+    pause: Option<Duration>,
 }
 
 impl SqliteTx {
@@ -217,6 +232,9 @@ impl SqliteTx {
 
     async fn commit_impl(self) -> Result<()> {
         self.tx.commit().await?;
+        if let Some(pause) = self.pause {
+            tokio::time::sleep(pause).await;
+        }
         for change in self.pending {
             let _ = self.changes.send(change);
         }

@@ -39,7 +39,9 @@ fn seq(n: u64) -> Seq {
 }
 
 async fn store(db: &TestDb, clock: Clock) -> Arc<dyn Store> {
-    storage::connect(&db.url, clock, 4).await.expect("store connects")
+    storage::connect(&db.url, storage::StoreOptions::new(clock, 4))
+        .await
+        .expect("store connects")
 }
 
 fn ns() -> Namespace {

@@ -4,7 +4,7 @@
 //! they fail and say what to install.
 
 pub use baton::Backend;
-use baton::app::{Application, Settings};
+use baton::app::{Application, Settings, Wiring};
 use baton::domain::machine::MachineSpec;
 use baton::domain::time::Clock;
 use baton::process::TempDatabase;
@@ -106,9 +106,20 @@ pub fn test_settings(url: &str) -> Settings {
 impl TestApp {
     /// Starts a server on `url` with these settings and clock.
     pub async fn start_with(settings: Settings, clock: Clock) -> Self {
-        let app = Application::build_with_clock(settings, clock.clone())
-            .await
-            .expect("server builds");
+        Self::start_wired(
+            settings,
+            Wiring {
+                clock,
+                ..Wiring::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts a server with injected wiring (a clock, deliberate faults).
+    pub async fn start_wired(settings: Settings, wiring: Wiring) -> Self {
+        let clock = wiring.clock.clone();
+        let app = Application::build_with(settings, wiring).await.expect("server builds");
         let addr = app.local_addr();
         let coordinator = app.coordinator().clone();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod cancellation;
 mod contract;
 mod entities;
 mod leases;
