@@ -1,6 +1,12 @@
 // The TypeScript client against real `baton serve` processes, on SQLite and on Postgres.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 import {
   Client,
@@ -16,9 +22,15 @@ import {
   VersionMismatch,
   loadMachines,
 } from 'baton-client';
+import { Forwarder, makeCerts } from './tls.mjs';
 import { CHANNEL_OPTIONS, Cluster, MACHINES, TcpProxy, assertSealedTape, drive, newNamespace, pathTo, tape, within } from './harness.mjs';
 
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const execFileP = promisify(execFile);
 const machines = loadMachines(MACHINES);
+let madeCerts = null;
+/** Certificates for the TLS tests, made once per run. */
+const certs = () => (madeCerts ??= makeCerts(fs.mkdtempSync(path.join(os.tmpdir(), 'baton-certs-'))));
 const spec = (kind) => {
   const s = machines.find((m) => m.kind === kind);
   assert.ok(s, `no machine of kind ${kind}`);
@@ -232,6 +244,60 @@ for (const backend of ['sqlite', 'postgres']) {
         })(),
         (e) => e instanceof LeaseNotAcquired && e.currentHolder === 'owner',
       );
+    });
+
+    t('the README example runs as pasted', async () => {
+      const readme = fs.readFileSync(path.join(HERE, 'node_modules', 'baton-client', 'README.md'), 'utf8');
+      const blocks = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
+      assert.ok(blocks.length >= 1, 'the README has no js example');
+      const readmeNs = newNamespace();
+      for (const [i, code] of blocks.entries()) {
+        const file = path.join(HERE, `readme-${backend}-${i}.mjs`);
+        fs.writeFileSync(file, code);
+        const { stdout } = await execFileP(process.execPath, [file], {
+          cwd: HERE,
+          env: { ...process.env, BATON_ADDR: cluster.main.addr, BATON_NAMESPACE: readmeNs },
+          timeout: 60_000,
+        });
+        assert.deepEqual(stdout.trim().split('\n'), [
+          'not allowed from done',
+          '1 baton.transition reviewing',
+          '2 progress ',
+          '3 baton.transition done',
+          '4 final done',
+        ]);
+      }
+    });
+
+    t('token, https:// and mTLS options as seen on the wire by a forwarder', async () => {
+      const plain = await Forwarder.create(cluster.main.addr);
+      const tls = await Forwarder.create(cluster.main.addr, { certs: certs() });
+      const mtls = await Forwarder.create(cluster.main.addr, { certs: certs(), mtls: true });
+      const failFast = { timeoutMs: 3000, retry: { maxAttempts: 2, initialBackoffMs: 50 } };
+      const calls = async (c) => {
+        const task = (await c.createEntity('task')).entity;
+        await c.transition(task.id, 'cancel');
+        assert.deepEqual((await tape(c, task.id)).map((e) => e.type), ['baton.transition', 'final']);
+      };
+      try {
+        await calls(client(`http://127.0.0.1:${plain.port}`, { token: 's3cret-token' }));
+        assert.deepEqual(plain.seen, [['CreateEntity', 'Bearer s3cret-token'], ['Transition', 'Bearer s3cret-token'], ['StreamEvents', 'Bearer s3cret-token']]);
+        await client(`127.0.0.1:${plain.port}`).getLease('k');
+        assert.deepEqual(plain.seen.at(-1), ['GetLease', null]);
+
+        await calls(client(`https://127.0.0.1:${tls.port}`, { caFile: certs().ca, token: 't' }));
+        assert.equal(tls.seen.length, 3);
+        assert.equal(tls.seen[0][1], 'Bearer t');
+        await assert.rejects(client(`127.0.0.1:${tls.port}`, failFast).getLease('k'), Unavailable);
+        await assert.rejects(client(`https://127.0.0.1:${tls.port}`, failFast).getLease('k'), Unavailable);
+
+        await calls(client(`https://127.0.0.1:${mtls.port}`, { caFile: certs().ca, certFile: certs().client, keyFile: certs().clientKey }));
+        await assert.rejects(client(`https://127.0.0.1:${mtls.port}`, { caFile: certs().ca, ...failFast }).getLease('k'), Unavailable);
+        assert.equal(tls.seen.length, 3);
+        assert.equal(mtls.seen.length, 3);
+      } finally {
+        for (const f of [plain, tls, mtls]) f.close();
+      }
     });
 
     const S4_ROUNDS = 3;
