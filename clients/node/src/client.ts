@@ -580,6 +580,8 @@ export class EventStream implements AsyncIterable<Event> {
   lastSeq: number;
   resumes = 0;
   heartbeats = 0;
+  /** Why the underlying stream ended before each resume, most recent last (at most 32; null for a clean end without `final`). */
+  readonly ends: Array<BatonError | null> = [];
   private done = false;
   private call: grpc.ClientReadableStream<StreamEventsResponse> | null = null;
 
@@ -603,6 +605,8 @@ export class EventStream implements AsyncIterable<Event> {
     let failingSince: number | null = null;
     let backoff = INITIAL_BACKOFF_MS;
     const failed = async (err: BatonError | null): Promise<void> => {
+      this.ends.push(err);
+      if (this.ends.length > 32) this.ends.shift();
       if (err && err.isBaton && err.reason !== Reason.SHUTTING_DOWN) {
         this.done = true;
         throw err;

@@ -142,7 +142,7 @@ for (const backend of ['sqlite', 'postgres']) {
       await assert.rejects(tape(c, task.id, events.at(-1).seq + 1), InvalidArgument);
     });
 
-    t('a stream resumes on the other replica after kill -9, no gap, no duplicate', async () => {
+    for (const signal of ['SIGKILL', 'SIGTERM']) t(`a stream resumes on the other replica after ${signal}, no gap, no duplicate`, async () => {
       const url = backend === 'postgres' ? cluster.url : cluster.freshSqliteUrl();
       const a = await cluster.replica(url);
       let b = backend === 'postgres' ? await cluster.replica(url) : null;
@@ -167,7 +167,7 @@ for (const backend of ['sqlite', 'postgres']) {
           }
         })();
         await within(10_000, before6, 'first six events');
-        await a.kill();
+        await a.stop(signal);
         if (!b) b = await cluster.replica(url);
         proxy.setUpstream(b.addr);
         const writerB = client(b.addr);
@@ -178,6 +178,10 @@ for (const backend of ['sqlite', 'postgres']) {
         assert.equal(events.filter((e) => e.type === 'progress').length, 12);
         assert.equal(events.length, 1 + 12 + 2);
         assert.ok(stream.resumes >= 1, 'the stream never broke: the test did not test a failover');
+        if (signal === 'SIGTERM') {
+          // A draining replica ends its streams with UNAVAILABLE / SHUTTING_DOWN: a baton answer that means "resume".
+          assert.ok(stream.ends.some((e) => e?.reason === 'SHUTTING_DOWN'), stream.ends.map(String).join('; '));
+        }
       } finally {
         proxy.close();
       }

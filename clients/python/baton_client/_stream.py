@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Optional
+from collections import deque
+from typing import Deque, Optional
 
 import grpc
 
@@ -35,6 +36,8 @@ class StreamState:
         self.resumes = 0
         self.heartbeats = 0
         self.done = False
+        # Why the underlying stream ended, for the most recent ends (None: cleanly).
+        self.ends: Deque[Optional[BatonError]] = deque(maxlen=32)
         self._failing_since: Optional[float] = None
         self._backoff = INITIAL_BACKOFF
 
@@ -56,6 +59,7 @@ class StreamState:
     def failed(self, err: Optional[BatonError]) -> float:
         """The stream ended without ``final`` (``err`` None: cleanly). Raise when it must
         not resume; otherwise count a resume and return the pause before it."""
+        self.ends.append(err)
         if err is not None and not resumable(err):
             self.done = True
             raise err

@@ -534,6 +534,12 @@ class EventStream(Iterator[pb.Event]):
     def heartbeats(self) -> int:
         return self._state.heartbeats
 
+    @property
+    def ends(self) -> List[Optional[BatonError]]:
+        """Why the underlying stream ended before each resume, most recent last (at most
+        32; None for a clean end without ``final``)."""
+        return list(self._state.ends)
+
     def __iter__(self) -> "EventStream":
         return self
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -32,8 +33,8 @@ class TwoReplicas:
         self.b: BatonServer | None = cluster.replica(self.url) if cluster.backend == "postgres" else None
         self.proxy = TcpProxy(self.a.addr)
 
-    def fail_over(self) -> BatonServer:
-        self.a.kill()
+    def fail_over(self, sig: int = signal.SIGKILL) -> BatonServer:
+        self.a.stop(sig)
         if self.b is None:
             self.b = self.cluster.replica(self.url)
         self.proxy.set_upstream(self.b.addr)
@@ -78,7 +79,12 @@ def _check(events: List[pb.Event], resumes: int) -> None:
     assert resumes >= 1, "the stream never broke: the test did not test a failover"
 
 
-def test_sync_stream_resumes_on_the_other_replica_after_kill(replicas: TwoReplicas, namespace: str, machine_specs: Any) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_sync_stream_resumes_on_the_other_replica_after_kill(
+    replicas: TwoReplicas, namespace: str, machine_specs: Any, sig: int
+) -> None:
+    """SIGKILL: the connection just drops. SIGTERM: the replica drains and ends the stream
+    with UNAVAILABLE / SHUTTING_DOWN, a baton answer that still means "resume"."""
     spec, task_id = _prepare(replicas, namespace, machine_specs)
     out: "queue.Queue[Any]" = queue.Queue()
     with Client(replicas.proxy.addr, namespace, options=CHANNEL_OPTIONS) as reader:
@@ -95,13 +101,15 @@ def test_sync_stream_resumes_on_the_other_replica_after_kill(replicas: TwoReplic
         threading.Thread(target=consume, daemon=True).start()
         events = [out.get(timeout=10) for _ in range(1 + PROGRESS_BEFORE)]
         assert [e.seq for e in events] == list(range(1, 2 + PROGRESS_BEFORE))
-        b = replicas.fail_over()
+        b = replicas.fail_over(sig)
         _finish_on(b, namespace, spec, task_id)
         while (item := out.get(timeout=30)) is not None:
             if isinstance(item, Exception):
                 raise item
             events.append(item)
         _check(events, stream.resumes)
+        if sig == signal.SIGTERM:
+            assert any(e is not None and e.reason == "SHUTTING_DOWN" for e in stream.ends), stream.ends
 
 
 def test_async_stream_resumes_on_the_other_replica_after_kill(replicas: TwoReplicas, namespace: str, machine_specs: Any) -> None:
