@@ -49,7 +49,7 @@ class RetryPolicy:
         return base * (0.5 + random.random() / 2)
 
 
-NO_RETRY = RetryPolicy(max_attempts=1)
+DEFAULT_RETRY = RetryPolicy()
 
 
 class Deadline:

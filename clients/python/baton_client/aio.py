@@ -40,7 +40,7 @@ from baton_client._options import (
     check_namespace,
     parse_target,
 )
-from baton_client._policy import RETRY_CODES, Deadline, LeaseClock, RetryPolicy, lease_intervals
+from baton_client._policy import DEFAULT_RETRY, RETRY_CODES, Deadline, LeaseClock, RetryPolicy, lease_intervals
 from baton_client._requests import Call, EventLike, FenceLike, SpecLike
 from baton_client._stream import StreamState
 from baton_client.client import _RETRY_REASONS, DEFAULT_TIMEOUT, _with_wait
@@ -67,7 +67,7 @@ class AsyncClient:
         service_config: ServiceConfig = None,
         options: ChannelOptions = (),
         timeout: Optional[float] = DEFAULT_TIMEOUT,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.namespace = check_namespace(namespace)
         self.target = parse_target(target)

@@ -29,7 +29,6 @@ from baton_client._errors import (
     LeaseLost,
     LeaseNotAcquired,
     Reason,
-    Unavailable,
     from_rpc_error,
     local_lease_lost,
 )
@@ -45,7 +44,7 @@ from baton_client._options import (
     check_namespace,
     parse_target,
 )
-from baton_client._policy import RETRY_CODES, Deadline, LeaseClock, RetryPolicy, lease_intervals
+from baton_client._policy import DEFAULT_RETRY, RETRY_CODES, Deadline, LeaseClock, RetryPolicy, lease_intervals
 from baton_client._requests import Call, EventLike, FenceLike, SpecLike
 from baton_client._stream import StreamState
 
@@ -80,7 +79,7 @@ class Client:
         service_config: ServiceConfig = None,
         options: ChannelOptions = (),
         timeout: Optional[float] = DEFAULT_TIMEOUT,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.namespace = check_namespace(namespace)
         self.target = parse_target(target)
@@ -596,4 +595,4 @@ class EventStream(Iterator[pb.Event]):
         return entity.sealed and entity.last_seq <= self._state.last_seq
 
 
-__all__ = ["Client", "Lease", "EventStream", "DEFAULT_TIMEOUT", "Unavailable"]
+__all__ = ["Client", "Lease", "EventStream", "DEFAULT_TIMEOUT"]

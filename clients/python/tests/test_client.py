@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 import baton_client
-from baton_client import AsyncClient, BatonError, Client, RetryPolicy, pb
+from baton_client import AsyncClient, Client, RetryPolicy, pb
 from conftest import CHANNEL_OPTIONS, Cluster
 from harness import TcpProxy
 from helpers import assert_sealed_tape, drive, spec_of, tape

@@ -4,10 +4,8 @@ TOML, error decoding, target and option checks."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
