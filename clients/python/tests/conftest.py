@@ -1,185 +1,92 @@
-"""Fixtures: a real `baton serve` (SQLite in a temp dir) and clients bound to it.
-
-BATON_BIN       server binary (default <repo>/target/debug/baton)
-BATON_MACHINES  machines TOML (default <repo>/examples/machines.toml, else the fallback
-                copy in clients/testdata/machines.toml)
-"""
+"""Fixtures: every test runs on SQLite and on Postgres, against real `baton serve`
+processes (see harness.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
 import uuid
+from collections import Counter
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, Iterator, List
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import baton_client
 from baton_client import Client
+from harness import BATON_BIN, BatonServer, Postgres, machines_path
 
-REPO = Path(__file__).resolve().parents[3]
-BATON_BIN = Path(os.environ.get("BATON_BIN", REPO / "target" / "debug" / "baton"))
-EXAMPLE_MACHINES = REPO / "examples" / "machines.toml"
-FALLBACK_MACHINES = REPO / "clients" / "testdata" / "machines.toml"
-READY_TIMEOUT = float(os.environ.get("BATON_READY_TIMEOUT", "30"))
+BACKENDS = ["sqlite", "postgres"]
 
-# Fast reconnects: the tests restart servers and should not sit in gRPC's default
-# reconnect backoff (1 s growing to 120 s).
+# Fast reconnects: tests kill servers and should not sit in gRPC's default reconnect
+# backoff (1 s growing to 120 s).
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 500),
 ]
 
 
-def machines_path() -> Path:
-    env = os.environ.get("BATON_MACHINES")
-    if env:
-        return Path(env)
-    return EXAMPLE_MACHINES if EXAMPLE_MACHINES.exists() else FALLBACK_MACHINES
+def pytest_report_header(config: Any) -> List[str]:
+    return [
+        f"baton binary: {BATON_BIN}",
+        f"baton machines: {machines_path()}",
+        f"baton_client: {baton_client.__file__}",
+    ]
 
 
-def pytest_report_header(config):
-    return [f"baton binary: {BATON_BIN}", f"baton machines: {machines_path()}"]
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    counts: Counter[str] = Counter()
+    for outcome in ("passed", "failed", "error"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            if rep.when != "call" and outcome != "error":
+                continue
+            backend = next((b for b in BACKENDS if f"[{b}" in rep.nodeid or f"-{b}]" in rep.nodeid), "offline")
+            counts[f"{backend} {outcome}"] += 1
+    if counts:
+        line = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        terminalreporter.write_line(f"python per backend: {line}")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Cluster:
+    """The servers of one backend: `main` is shared by the session; `replica()` starts
+    another on the same database (a second replica on Postgres, a successor on SQLite)."""
 
-
-class BatonServer:
-    """One `baton serve` process on a free loopback port with a SQLite database."""
-
-    def __init__(self, workdir: Path, port: Optional[int] = None) -> None:
+    def __init__(self, backend: str, workdir: Path) -> None:
+        self.backend = backend
         self.workdir = workdir
-        self.db_path = workdir / "t.db"
-        self.port = port or free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.proc: Optional[subprocess.Popen] = None
-        self.starts = 0
+        self.pg = Postgres() if backend == "postgres" else None
+        self.url = self.pg.url if self.pg else f"sqlite:{workdir / 'baton.db'}"
+        self.servers: List[BatonServer] = []
+        self.main = self.replica()
 
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"baton-{self.starts}.log"
+    def replica(self, url: str = "") -> BatonServer:
+        srv = BatonServer(url or self.url, self.workdir / f"baton-{len(self.servers)}.log")
+        self.servers.append(srv)
+        return srv.start()
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+    def fresh_sqlite_url(self) -> str:
+        return f"sqlite:{self.workdir / ('own-' + uuid.uuid4().hex[:8] + '.db')}"
 
-    def start(self) -> "BatonServer":
-        if not BATON_BIN.exists():
-            pytest.fail(
-                f"baton binary not found at {BATON_BIN}: build it (cargo build) or set BATON_BIN",
-                pytrace=False,
-            )
-        self.starts += 1
-        cmd = [
-            str(BATON_BIN),
-            "serve",
-            "--listen",
-            self.addr,
-            "--database-url",
-            f"sqlite:{self.db_path}",
-        ]
-        log = open(self.log_path, "wb")
-        env = dict(os.environ)
-        # Short heartbeats so idle streams exercise the heartbeat-skipping path.
-        env.setdefault("BATON_HEARTBEAT", "1s")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        self.wait_ready(READY_TIMEOUT)
-        return self
+    def close(self) -> List[str]:
+        died = [f"{s.log_path.name}:\n{s.log_tail()}" for s in self.servers if s is self.main and not s.alive()]
+        for s in self.servers:
+            s.stop()
+        if self.pg:
+            self.pg.drop()
+        return died
 
-    def wait_ready(self, timeout: float) -> None:
-        """Retry grpc.health.v1.Health/Check (service "") until SERVING or the deadline."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                pytest.fail(
-                    f"baton serve exited with {self.proc.returncode} before it was ready:\n"
-                    + self.log_tail(),
-                    pytrace=False,
-                )
-            with grpc.insecure_channel(self.addr) as channel:
-                try:
-                    resp = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service=""), timeout=1.0
-                    )
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                    last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-                except grpc.RpcError as err:
-                    last = f"{err.code().name}: {err.details()}"
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(
-                    f"baton serve at {self.addr} not SERVING after {timeout}s (last: {last}):\n"
-                    + self.log_tail(),
-                    pytrace=False,
-                )
-            time.sleep(0.05)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> Optional[int]:
-        """Signal the server and wait; SIGKILL if it does not exit within `timeout`."""
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-    def kill(self) -> Optional[int]:
-        """Crash the server (SIGKILL)."""
-        return self.stop(signal.SIGKILL)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+@pytest.fixture(scope="session", params=BACKENDS)
+def cluster(request: Any, tmp_path_factory: Any) -> Iterator[Cluster]:
+    c = Cluster(request.param, tmp_path_factory.mktemp(request.param))
+    yield c
+    died = c.close()
+    if died:
+        pytest.fail("baton serve died during the session:\n" + "\n".join(died), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def machine_specs() -> List[baton_client.pb.MachineSpec]:
     return baton_client.load_machines(machines_path())
-
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = BatonServer(tmp_path_factory.mktemp("baton")).start()
-    yield srv
-    crashed = not srv.alive()
-    srv.stop()
-    if crashed:
-        pytest.fail("baton serve died during the session:\n" + srv.log_tail(), pytrace=False)
-
-
-@pytest.fixture
-def server_factory(tmp_path):
-    """Start private servers (for tests that kill or restart them)."""
-    started: List[BatonServer] = []
-
-    def make(port: Optional[int] = None) -> BatonServer:
-        srv = BatonServer(tmp_path, port)
-        started.append(srv)
-        return srv.start()
-
-    yield make
-    for srv in started:
-        srv.stop()
 
 
 @pytest.fixture
@@ -188,24 +95,23 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def make_client(server, namespace, machine_specs):
-    """Clients (each with its own channel) on the shared server, in this test's namespace,
+def make_client(cluster: Cluster, namespace: str, machine_specs: Any) -> Iterator[Callable[..., Client]]:
+    """Clients (each its own channel) on the session's server, in this test's namespace,
     with the machines defined."""
     clients: List[Client] = []
 
-    def make(addr: Optional[str] = None, ns: Optional[str] = None, **kw) -> Client:
+    def make(addr: str = "", ns: str = "", **kw: Any) -> Client:
         kw.setdefault("options", CHANNEL_OPTIONS)
-        c = Client(addr or server.addr, namespace=ns or namespace, **kw)
+        c = Client(addr or cluster.main.addr, ns or namespace, **kw)
         clients.append(c)
         return c
 
-    first = make()
-    first.apply_machines(machine_specs)
+    make().apply_machines(machine_specs)
     yield make
     for c in clients:
         c.close()
 
 
 @pytest.fixture
-def client(make_client) -> Client:
+def client(make_client: Callable[..., Client]) -> Client:
     return make_client()

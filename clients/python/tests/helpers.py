@@ -1,10 +1,10 @@
-"""Find transitions by their states, so the scenarios do not depend on transition names
-(examples/machines.toml may name them differently from the fallback copy)."""
+"""Find transitions by their states, so the scenarios follow whatever
+examples/machines.toml names them; tape assertions."""
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from baton_client import Client, pb
 
@@ -28,7 +28,6 @@ def find_transition(
     stale_from: Optional[str] = None,
     noop_from: Optional[str] = None,
 ) -> pb.TransitionSpec:
-    """The single transition matching every given criterion."""
     hits = [
         t
         for t in spec.transitions
@@ -37,21 +36,17 @@ def find_transition(
         and (stale_from is None or stale_from in t.stale_from)
         and (noop_from is None or noop_from in t.noop_from)
     ]
-    assert hits, (
-        f"machine {spec.kind!r} has no transition to={to} from={from_state} "
-        f"stale_from={stale_from} noop_from={noop_from}"
-    )
+    assert hits, f"machine {spec.kind!r} has no transition to={to} from={from_state} stale_from={stale_from}"
     return hits[0]
 
 
 def path(spec: pb.MachineSpec, start: str, goal: Iterable[str]) -> List[str]:
-    """Shortest list of transition names leading from `start` to any `goal` state using
-    unconditional (`from`) edges."""
+    """Shortest list of transition names from `start` to any goal state (`from` edges)."""
     goals = set(goal)
     if start in goals:
         return []
     seen = {start}
-    queue = deque([(start, [])])
+    queue: deque[Tuple[str, List[str]]] = deque([(start, [])])
     while queue:
         state, names = queue.popleft()
         for t in spec.transitions:
@@ -63,8 +58,7 @@ def path(spec: pb.MachineSpec, start: str, goal: Iterable[str]) -> List[str]:
     raise AssertionError(f"machine {spec.kind!r}: no path from {start!r} to {sorted(goals)}")
 
 
-def drive(client: Client, spec: pb.MachineSpec, entity_id: str, goal: Iterable[str], **kw) -> pb.Entity:
-    """Apply the shortest path of transitions from the entity's state to a goal state."""
+def drive(client: Client, spec: pb.MachineSpec, entity_id: str, goal: Iterable[str], **kw: Any) -> pb.Entity:
     entity = client.get_entity(entity_id)
     for name in path(spec, entity.state, goal):
         resp = client.transition(entity_id, name, **kw)
@@ -74,7 +68,6 @@ def drive(client: Client, spec: pb.MachineSpec, entity_id: str, goal: Iterable[s
 
 
 def tape(client: Client, entity_id: str, after_seq: int = 0) -> List[pb.Event]:
-    """The whole (sealed) tape after `after_seq`, read with StreamEvents."""
     return list(client.stream_events(entity_id, after_seq))
 
 

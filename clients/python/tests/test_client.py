@@ -1,305 +1,248 @@
-"""The wrapper itself: durations, machines TOML, error decoding, request ids, and
-stream_events (heartbeats skipped, live tail, resume after a server restart)."""
+"""The wrapper against a real server: typed errors, request ids and the retry with the
+same request id, live streams, and the asyncio client's matching surface."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
 import queue
 import threading
-import time
-from datetime import timedelta
-from pathlib import Path
+from typing import Any, List
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
 
 import baton_client
-from baton_client import BatonError, Client, pb
-from conftest import CHANNEL_OPTIONS
+from baton_client import AsyncClient, Client, RetryPolicy, pb
+from conftest import CHANNEL_OPTIONS, Cluster
+from harness import TcpProxy
 from helpers import assert_sealed_tape, drive, spec_of, tape
 
-SERVICE_CONFIG = Path(__file__).resolve().parents[2] / "service-config.json"
 
-# --- offline -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("72h", timedelta(hours=72)),
-        ("1h 30m", timedelta(minutes=90)),
-        ("2days", timedelta(days=2)),
-        ("500ms", timedelta(milliseconds=500)),
-        ("1s", timedelta(seconds=1)),
-        ("3d 4h", timedelta(days=3, hours=4)),
-    ],
-)
-def test_parse_duration(text, expected):
-    assert baton_client.parse_duration(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "72", "h", "1 fortnight", "-1h", "1.5h"])
-def test_parse_duration_rejects(text):
-    with pytest.raises(ValueError):
-        baton_client.parse_duration(text)
-
-
-def test_machines_toml_to_spec():
-    specs = baton_client.load_machines(
-        """
-[[machine]]
-kind = "run"
-states = ["a", "b", "done"]
-initial_state = "a"
-terminal_states = ["done"]
-[[machine.transition]]
-name = "go"
-from = ["a"]
-stale_from = ["b"]
-stale_after = "72h"
-to = "b"
-noop_from = ["done"]
-[[machine.field_rule]]
-field = "turn"
-allowed_in = ["a"]
-"""
-    )
-    assert len(specs) == 1
-    spec = specs[0]
-    assert spec.kind == "run" and list(spec.terminal_states) == ["done"]
-    t = spec.transitions[0]
-    assert list(getattr(t, "from")) == ["a"] and list(t.stale_from) == ["b"]
-    assert t.stale_after.seconds == 72 * 3600
-    assert list(t.noop_from) == ["done"]
-    assert spec.field_rules[0].field == "turn"
-
-
-def test_machines_toml_rejects_typos():
-    with pytest.raises(ValueError, match="stale_afer"):
-        baton_client.load_machines(
-            '[[machine]]\nkind="k"\n[[machine.transition]]\nname="t"\nto="x"\nstale_afer="1h"\n'
-        )
-
-
-def test_machines_file_loads():
-    from conftest import machines_path
-
-    kinds = {s.kind for s in baton_client.load_machines(machines_path())}
-    assert {"agent_session", "workflow_run", "task", "review_run"} <= kinds
-
-
-class _FakeRpcError(grpc.RpcError):
-    def __init__(self, code, details, trailers):
-        self._c, self._d, self._t = code, details, trailers
-
-    def code(self):
-        return self._c
-
-    def details(self):
-        return self._d
-
-    def trailing_metadata(self):
-        return self._t
-
-
-def test_baton_error_decodes_error_info():
-    info = error_details_pb2.ErrorInfo(
-        reason="INVALID_TRANSITION", domain="baton", metadata={"current_state": "running", "version": "3"}
-    )
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=9, message="not resumable (status: running)", details=[detail])
-    err = BatonError.from_rpc_error(
-        _FakeRpcError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "not resumable (status: running)",
-            (("grpc-status-details-bin", status.SerializeToString()),),
-        )
-    )
-    assert err.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert err.reason == "INVALID_TRANSITION"
-    assert err.metadata == {"current_state": "running", "version": "3"}
-    assert err.message == "not resumable (status: running)"
-    assert "INVALID_TRANSITION" in str(err)
-
-
-def test_baton_error_without_details():
-    err = BatonError.from_rpc_error(_FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connect failed", ()))
-    assert err.code == grpc.StatusCode.UNAVAILABLE and err.reason is None and err.metadata == {}
-
-
-def test_service_config_loads():
-    c = Client("127.0.0.1:1", service_config=SERVICE_CONFIG)
-    c.close()
-
-
-# --- against the server ----------------------------------------------------------------
-
-
-def test_error_details_reach_the_caller(client, machine_specs):
+def test_typed_errors_carry_reason_and_metadata(client: Client, machine_specs: Any) -> None:
     spec = spec_of(machine_specs, "task")
     task = client.create_entity(spec.kind).entity
 
-    with pytest.raises(BatonError) as ei:
+    with pytest.raises(baton_client.InvalidArgument) as ia:
         client.transition(task.id, "no_such_transition")
-    assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT, ei.value
-    assert ei.value.reason == "INVALID_ARGUMENT", ei.value
-    assert ei.value.metadata.get("field") == "transition", ei.value
+    assert ia.value.code == grpc.StatusCode.INVALID_ARGUMENT and ia.value.metadata["field"] == "transition"
 
-    with pytest.raises(BatonError) as ei:
+    with pytest.raises(baton_client.EntityNotFound):
         client.get_entity("no-such-entity")
-    assert ei.value.code == grpc.StatusCode.NOT_FOUND, ei.value
 
     start = next(t for t in spec.transitions if spec.initial_state in list(getattr(t, "from")))
-    with pytest.raises(BatonError) as ei:
+    with pytest.raises(baton_client.VersionMismatch) as vm:
         client.transition(task.id, start.name, expect_version=task.version + 5)
-    assert ei.value.code == grpc.StatusCode.ABORTED, ei.value
-    assert ei.value.reason == "VERSION_MISMATCH", ei.value
-    assert ei.value.metadata.get("version") == str(task.version), ei.value
-    assert ei.value.metadata.get("current_state") == spec.initial_state, ei.value
+    assert vm.value.code == grpc.StatusCode.ABORTED
+    assert vm.value.metadata["version"] == str(task.version)
+    assert vm.value.metadata["current_state"] == spec.initial_state
 
-    with pytest.raises(BatonError) as ei:
+    with pytest.raises(baton_client.EntityExists):
         client.create_entity(spec.kind, id=task.id)
-    assert ei.value.code == grpc.StatusCode.ALREADY_EXISTS, ei.value
 
-    with pytest.raises(BatonError) as ei:
-        client.append_events(task.id, ["final"])
-    assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT, "`final` is reserved"
+    with pytest.raises(baton_client.InvalidTransition) as it:
+        client.transition(task.id, "succeed")
+    assert it.value.current_state == spec.initial_state and it.value.is_baton
 
 
-def test_sealed_tape_rejects_or_drops(client, machine_specs):
+def test_sealed_tape_rejects_or_drops(client: Client, machine_specs: Any) -> None:
     spec = spec_of(machine_specs, "task")
     task = client.create_entity(spec.kind).entity
     sealed = drive(client, spec, task.id, spec.terminal_states)
     assert sealed.sealed
-
-    with pytest.raises(BatonError) as ei:
+    with pytest.raises(baton_client.TapeSealed) as ts:
         client.append_events(task.id, [("progress", "late")])
-    assert ei.value.code == grpc.StatusCode.FAILED_PRECONDITION, ei.value
-    assert ei.value.reason == "TAPE_SEALED", ei.value
-    assert ei.value.metadata.get("final_seq") == str(sealed.last_seq), ei.value
-
+    assert ts.value.metadata["final_seq"] == str(sealed.last_seq)
     dropped = client.append_events(task.id, [("progress", "late")], if_sealed="drop")
-    assert dropped.dropped and list(dropped.seqs) == []
-    assert dropped.final_seq == sealed.last_seq
+    assert dropped.dropped and list(dropped.seqs) == [] and dropped.final_seq == sealed.last_seq
     assert client.get_entity(task.id).last_seq == sealed.last_seq
     assert_sealed_tape(tape(client, task.id))
 
 
-def test_request_id_retry_returns_first_outcome(client, machine_specs):
+def test_request_ids_make_retries_return_the_first_outcome(client: Client, machine_specs: Any) -> None:
     spec = spec_of(machine_specs, "task")
     first = client.create_entity(spec.kind, request_id="rid-create-1")
     again = client.create_entity(spec.kind, request_id="rid-create-1")
-    assert first.created and again.created
-    assert again.entity.id == first.entity.id
+    assert first.created and again.created and again.entity.id == first.entity.id
 
     ev = client.append_events(first.entity.id, [("progress", "once")], request_id="rid-append-1")
     ev2 = client.append_events(first.entity.id, [("progress", "once")], request_id="rid-append-1")
-    assert list(ev2.seqs) == list(ev.seqs)
-    assert client.get_entity(first.entity.id).last_seq == ev.seqs[-1], "applied once"
+    assert list(ev2.seqs) == list(ev.seqs) == [1]
+    assert client.get_entity(first.entity.id).last_seq == 1
 
-    with pytest.raises(BatonError) as ei:  # same id, another method
+    with pytest.raises(baton_client.RequestIdReused):
         client.create_entity(spec.kind, request_id="rid-append-1")
-    assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT, ei.value
-    assert ei.value.reason == "REQUEST_ID_REUSED", ei.value
+    with pytest.raises(baton_client.RequestIdReused):
+        client.append_events(first.entity.id, [("progress", "other")], request_id="rid-append-1")
+
+    # Without an explicit id every call gets a fresh one: two appends are two appends.
+    client.append_events(first.entity.id, [("progress", "a")])
+    client.append_events(first.entity.id, [("progress", "a")])
+    assert client.get_entity(first.entity.id).last_seq == 3
 
 
-def test_request_id_reused_with_different_events_is_rejected(client, machine_specs):
-    """The same request id on the same method and entity but with different events is a
-    different call (INVALID_ARGUMENT / REQUEST_ID_REUSED), not a retry: answering it with
-    the first call's seqs would silently drop the caller's events."""
+def test_a_write_whose_answer_is_lost_is_retried_with_the_same_request_id(
+    cluster: Cluster, client: Client, namespace: str, machine_specs: Any
+) -> None:
+    """The proxy lets the write reach the server and commit, then resets the connection
+    instead of delivering the answer (UNAVAILABLE). The client retries with the same
+    request id and gets the first outcome: applied once, not twice, not an error."""
     spec = spec_of(machine_specs, "task")
     task = client.create_entity(spec.kind).entity
-    first = client.append_events(task.id, [("progress", "once")], request_id="rid-append-2")
+    proxy = TcpProxy(cluster.main.addr)
+    # No service config: gRPC's own UNAVAILABLE retry would hide whether the wrapper retries.
+    via = Client(proxy.addr, namespace, options=CHANNEL_OPTIONS, service_config=False)
     try:
-        other = client.append_events(task.id, [("progress", "other")], request_id="rid-append-2")
-    except BatonError as err:
-        assert err.code == grpc.StatusCode.INVALID_ARGUMENT, err
-        assert err.reason == "REQUEST_ID_REUSED", err
-    else:
-        pytest.fail(
-            f"different events under a reused request id were answered as a retry "
-            f"(seqs {list(other.seqs)} == first call's {list(first.seqs)}) and not stored"
+        via.get_entity(task.id)  # the connection is up
+        proxy.cut_next_response()
+        resp = via.append_events(task.id, [("progress", "exactly once")])
+        assert proxy.cuts == 1
+        assert list(resp.seqs) == [1]
+        assert client.get_entity(task.id).last_seq == 1, "the retry did not append again"
+
+        # A transition retried with a fresh id would fail INVALID_TRANSITION and hide the
+        # success; with the same id it answers `applied`.
+        proxy.cut_next_response()
+        moved = via.transition(task.id, "start")
+        assert proxy.cuts == 2 and moved.applied and moved.entity.state == "running"
+        assert client.get_entity(task.id).version == 2
+
+        # Without retries the caller learns the call may have committed, and how to ask.
+        once = Client(
+            proxy.addr, namespace, options=CHANNEL_OPTIONS, service_config=False, retry=RetryPolicy(max_attempts=1)
         )
+        try:
+            once.get_entity(task.id)
+            proxy.cut_next_response()
+            with pytest.raises(baton_client.Unavailable) as ei:
+                once.append_events(task.id, [("progress", "maybe")])
+            err = ei.value
+            assert err.maybe_committed and err.request_id and "may have committed" in str(err)
+            assert client.get_entity(task.id).last_seq == 3, "it did commit"
+            again = once.append_events(task.id, [("progress", "maybe")], request_id=err.request_id)
+            assert list(again.seqs) == [3]
+            assert client.get_entity(task.id).last_seq == 3
+        finally:
+            once.close()
+    finally:
+        via.close()
+        proxy.close()
 
 
-def test_stream_events_live_tail(client, machine_specs):
+def test_async_write_whose_answer_is_lost_is_retried_with_the_same_request_id(
+    cluster: Cluster, client: Client, namespace: str, machine_specs: Any
+) -> None:
     spec = spec_of(machine_specs, "task")
     task = client.create_entity(spec.kind).entity
-    got: "queue.Queue" = queue.Queue()
+    proxy = TcpProxy(cluster.main.addr)
 
-    def consume():
+    async def main() -> List[int]:
+        async with AsyncClient(proxy.addr, namespace, options=CHANNEL_OPTIONS, service_config=False) as via:
+            await via.get_entity(task.id)
+            proxy.cut_next_response()
+            resp = await via.append_events(task.id, [("progress", "exactly once")])
+            return list(resp.seqs)
+
+    try:
+        assert asyncio.run(main()) == [1]
+        assert proxy.cuts == 1
+        assert client.get_entity(task.id).last_seq == 1
+    finally:
+        proxy.close()
+
+
+def _consume(stream: Any, out: "queue.Queue[Any]") -> threading.Thread:
+    def run() -> None:
         try:
-            for event in client.stream_events(task.id):
-                got.put(event)
-            got.put(None)
-        except Exception as err:  # surfaced below
-            got.put(err)
+            for event in stream:
+                out.put(event)
+            out.put(None)
+        except Exception as err:
+            out.put(err)
 
-    reader = threading.Thread(target=consume, daemon=True)
-    reader.start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _drain(out: "queue.Queue[Any]") -> List[pb.Event]:
+    items = []
+    while True:
+        item = out.get(timeout=30)
+        if item is None:
+            return items
+        if isinstance(item, Exception):
+            raise item
+        items.append(item)
+
+
+def test_stream_live_tail_ends_after_final(client: Client, machine_specs: Any) -> None:
+    spec = spec_of(machine_specs, "task")
+    task = client.create_entity(spec.kind).entity
+    out: "queue.Queue[Any]" = queue.Queue()
+    stream = client.stream_events(task.id)
+    thread = _consume(stream, out)
     for i in range(20):
         client.append_events(task.id, [("progress", {"i": i})])
     drive(client, spec, task.id, spec.terminal_states)
-    reader.join(20)
-    assert not reader.is_alive(), "the stream did not end after final"
-    items = []
-    while not got.empty():
-        items.append(got.get())
-    assert items[-1] is None, items[-1]
-    events = items[:-1]
+    events = _drain(out)
+    thread.join(5)
     assert_sealed_tape(events)
     assert sum(e.type == "progress" for e in events) == 20
-
-    # Resuming from a cursor replays only what follows it.
+    assert stream.resumes == 0 and stream.last_seq == events[-1].seq
     assert_sealed_tape(tape(client, task.id, after_seq=5), after_seq=5)
+    # A cursor at `final` ends at once; one past the head is a baton answer, not a resume.
+    assert tape(client, task.id, after_seq=events[-1].seq) == []
+    with pytest.raises(baton_client.InvalidArgument):
+        tape(client, task.id, after_seq=events[-1].seq + 1)
 
 
-def test_stream_events_resumes_after_server_restart(server_factory, machine_specs, namespace):
-    """I8: the server dies mid-stream; the iterator reconnects to its successor (same
-    port, same database) and resumes after the last seq it received."""
-    srv = server_factory()
+def test_async_client_has_the_sync_surface(cluster: Cluster, namespace: str, machine_specs: Any) -> None:
+    public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}  # noqa: E731
+    assert public(Client) == public(AsyncClient)
+    assert public(baton_client.Lease) - {"wait_lost"} == public(baton_client.AsyncLease) - {"wait_lost"}
+    for name in public(Client) - {"close", "lease", "stream_events", "list_entities"}:
+        sync_sig = inspect.signature(getattr(Client, name))
+        async_sig = inspect.signature(getattr(AsyncClient, name))
+        assert list(sync_sig.parameters) == list(async_sig.parameters), name
+        assert inspect.iscoroutinefunction(getattr(AsyncClient, name)), name
     spec = spec_of(machine_specs, "task")
-    writer = Client(srv.addr, namespace, options=CHANNEL_OPTIONS)
-    reader = Client(srv.addr, namespace, options=CHANNEL_OPTIONS)
-    try:
-        writer.apply_machines(machine_specs)
-        task = writer.create_entity(spec.kind).entity
-        writer.append_events(task.id, [("progress", {"i": i}) for i in range(5)])
 
-        got: "queue.Queue" = queue.Queue()
+    async def main() -> None:
+        async with AsyncClient(cluster.main.addr, namespace, options=CHANNEL_OPTIONS) as c:
+            await c.apply_machines(machine_specs)
+            task = (await c.create_entity(spec.kind, fields={})).entity
+            stream = c.stream_events(task.id)
+            got: List[pb.Event] = []
 
-        def consume():
-            try:
-                for event in reader.stream_events(task.id, give_up_after=30):
-                    got.put(event)
-                got.put(None)
-            except Exception as err:
-                got.put(err)
+            async def read() -> None:
+                async for event in stream:
+                    got.append(event)
 
-        thread = threading.Thread(target=consume, daemon=True)
-        thread.start()
-        before = [got.get(timeout=10) for _ in range(5)]
-        assert [getattr(e, "seq", e) for e in before] == [1, 2, 3, 4, 5]
+            reader = asyncio.create_task(read())
+            for i in range(10):
+                await c.append_events(task.id, [("progress", str(i))])
+            with pytest.raises(baton_client.InvalidTransition):
+                await c.transition(task.id, "succeed")
+            await c.transition(task.id, "start")
+            await c.transition(task.id, "succeed", final_payload=b"ok")
+            await asyncio.wait_for(reader, 30)
+            assert_sealed_tape(got)
+            assert sum(e.type == "progress" for e in got) == 10 and got[-1].payload == b"ok"
+            listed = [e.id async for e in c.list_entities(spec.kind, states=[got[-1].state])]
+            assert listed == [task.id]
 
-        srv.kill()  # a crash: the stream breaks with UNAVAILABLE, reconnects keep failing
-        time.sleep(1.0)
-        srv.start()  # same port and database
-        writer.close()  # its channel is still backing off from the crash: use a new one
-        writer = Client(srv.addr, namespace, options=CHANNEL_OPTIONS, service_config=SERVICE_CONFIG)
-        writer.append_events(task.id, [("progress", {"i": i}) for i in range(5, 10)])
-        drive(writer, spec, task.id, spec.terminal_states)
+    asyncio.run(main())
 
-        thread.join(30)
-        assert not thread.is_alive(), "the resumed stream did not end after final"
-        items = []
-        while not got.empty():
-            items.append(got.get())
-        assert items and items[-1] is None, items[-1:]
-        events = before + items[:-1]
-        assert_sealed_tape(events)
-        assert sum(e.type == "progress" for e in events) == 10
-    finally:
-        writer.close()
-        reader.close()
+
+def test_channel_has_the_packaged_service_config(client: Client) -> None:
+    # grpc exposes the options it was built with only through its C core; what is
+    # checkable is that the wrapper passed the packaged config and enabled retries.
+    from baton_client._options import channel_options
+
+    opts = dict(channel_options(None, ()))
+    cfg = json.loads(opts["grpc.service_config"])
+    assert cfg["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert opts["grpc.enable_retries"] == 1
+    assert "grpc.service_config" not in dict(channel_options(False, ()))

@@ -1,0 +1,21 @@
+// TypeScript/Node client for baton (baton.v1.Coordinator) on @grpc/grpc-js.
+export { Client, Lease, EventStream, PROTO_DIR, DEFAULT_TIMEOUT_MS, eventInput } from './client';
+export type { ClientOptions, CallOptions, MutatingOptions, TransitionOptions, LeaseOptions, EventLike, FenceLike } from './client';
+export * from './errors';
+export { parseTarget, SERVICE_CONFIG_PATH } from './options';
+export type { Target, TlsOptions, ServiceConfig } from './options';
+export { DEFAULT_RETRY, RETRY_CODES } from './policy';
+export type { RetryPolicy } from './policy';
+export { loadMachines, parseDuration, parseToml, machineSpecFromTable } from './machines';
+export type { DurationLike } from './machines';
+export type { Entity__Output as Entity } from './gen/baton/v1/Entity';
+export type { Event__Output as Event } from './gen/baton/v1/Event';
+export type { Lease__Output as LeaseMessage } from './gen/baton/v1/Lease';
+export type { MachineSpec } from './gen/baton/v1/MachineSpec';
+export type { Machine__Output as Machine } from './gen/baton/v1/Machine';
+export type { Fence } from './gen/baton/v1/Fence';
+export type { TransitionResponse__Output as TransitionResponse } from './gen/baton/v1/TransitionResponse';
+export type { AppendEventsResponse__Output as AppendEventsResponse } from './gen/baton/v1/AppendEventsResponse';
+export type { CreateEntityResponse__Output as CreateEntityResponse } from './gen/baton/v1/CreateEntityResponse';
+export type { AcquireLeaseResponse__Output as AcquireLeaseResponse } from './gen/baton/v1/AcquireLeaseResponse';
+export type { GetLeaseResponse__Output as GetLeaseResponse } from './gen/baton/v1/GetLeaseResponse';

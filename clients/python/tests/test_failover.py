@@ -1,0 +1,229 @@
+"""Failure behaviour through a TCP proxy: a stream whose replica is killed (-9) resumes
+on the other replica with no gap and no duplicate; a lease whose renewals are
+blackholed reports `lost` by its own clock, and its fence is then refused."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import signal
+import threading
+import time
+import uuid
+from typing import Any, List, Tuple
+
+import pytest
+
+import baton_client
+from baton_client import AsyncClient, Client, pb
+from conftest import CHANNEL_OPTIONS, Cluster
+from harness import BatonServer, TcpProxy
+from helpers import assert_sealed_tape, drive, spec_of
+
+
+class TwoReplicas:
+    """Replica A behind a proxy; `fail_over()` kills A with SIGKILL and points the proxy
+    at replica B. On Postgres B runs beside A on the same database; on SQLite (one node)
+    B is A's successor on the same file."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.url = cluster.url if cluster.backend == "postgres" else cluster.fresh_sqlite_url()
+        self.a = cluster.replica(self.url)
+        self.b: BatonServer | None = cluster.replica(self.url) if cluster.backend == "postgres" else None
+        self.proxy = TcpProxy(self.a.addr)
+
+    def fail_over(self, sig: int = signal.SIGKILL) -> BatonServer:
+        self.a.stop(sig)
+        if self.b is None:
+            self.b = self.cluster.replica(self.url)
+        self.proxy.set_upstream(self.b.addr)
+        return self.b
+
+    def close(self) -> None:
+        self.proxy.close()
+
+
+@pytest.fixture
+def replicas(cluster: Cluster) -> Any:
+    r = TwoReplicas(cluster)
+    yield r
+    r.close()
+
+
+PROGRESS_BEFORE, PROGRESS_AFTER = 5, 7
+
+
+def _prepare(replicas: TwoReplicas, namespace: str, machine_specs: Any) -> Tuple[pb.MachineSpec, str]:
+    spec = spec_of(machine_specs, "task")
+    with Client(replicas.a.addr, namespace) as writer:
+        writer.apply_machines(machine_specs)
+        task = writer.create_entity(spec.kind).entity
+        writer.transition(task.id, "start")
+        writer.append_events(task.id, [("progress", {"i": i}) for i in range(PROGRESS_BEFORE)])
+    return spec, task.id
+
+
+def _finish_on(server: BatonServer, namespace: str, spec: pb.MachineSpec, task_id: str) -> None:
+    with Client(server.addr, namespace) as writer:
+        for i in range(PROGRESS_AFTER):
+            writer.append_events(task_id, [("progress", {"i": PROGRESS_BEFORE + i})])
+        drive(writer, spec, task_id, spec.terminal_states)
+
+
+def _check(events: List[pb.Event], resumes: int) -> None:
+    assert_sealed_tape(events)
+    assert sum(e.type == "progress" for e in events) == PROGRESS_BEFORE + PROGRESS_AFTER
+    # 1 start transition + progress + terminal transition + final
+    assert len(events) == 1 + PROGRESS_BEFORE + PROGRESS_AFTER + 2
+    assert resumes >= 1, "the stream never broke: the test did not test a failover"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_sync_stream_resumes_on_the_other_replica_after_kill(
+    replicas: TwoReplicas, namespace: str, machine_specs: Any, sig: int
+) -> None:
+    """SIGKILL: the connection just drops. SIGTERM: the replica drains and ends the stream
+    with UNAVAILABLE / SHUTTING_DOWN, a baton answer that still means "resume"."""
+    spec, task_id = _prepare(replicas, namespace, machine_specs)
+    out: "queue.Queue[Any]" = queue.Queue()
+    with Client(replicas.proxy.addr, namespace, options=CHANNEL_OPTIONS) as reader:
+        stream = reader.stream_events(task_id, give_up_after=20)
+
+        def consume() -> None:
+            try:
+                for event in stream:
+                    out.put(event)
+                out.put(None)
+            except Exception as err:
+                out.put(err)
+
+        threading.Thread(target=consume, daemon=True).start()
+        events = [out.get(timeout=10) for _ in range(1 + PROGRESS_BEFORE)]
+        assert [e.seq for e in events] == list(range(1, 2 + PROGRESS_BEFORE))
+        b = replicas.fail_over(sig)
+        _finish_on(b, namespace, spec, task_id)
+        while (item := out.get(timeout=30)) is not None:
+            if isinstance(item, Exception):
+                raise item
+            events.append(item)
+        _check(events, stream.resumes)
+        if sig == signal.SIGTERM:
+            assert any(e is not None and e.reason == "SHUTTING_DOWN" for e in stream.ends), stream.ends
+
+
+def test_async_stream_resumes_on_the_other_replica_after_kill(replicas: TwoReplicas, namespace: str, machine_specs: Any) -> None:
+    spec, task_id = _prepare(replicas, namespace, machine_specs)
+
+    async def main() -> None:
+        async with AsyncClient(replicas.proxy.addr, namespace, options=CHANNEL_OPTIONS) as reader:
+            stream = reader.stream_events(task_id, give_up_after=20)
+            events: List[pb.Event] = []
+            seen_before = asyncio.Event()
+
+            async def consume() -> None:
+                async for event in stream:
+                    events.append(event)
+                    if len(events) == 1 + PROGRESS_BEFORE:
+                        seen_before.set()
+
+            task = asyncio.create_task(consume())
+            await asyncio.wait_for(seen_before.wait(), 10)
+            b = replicas.fail_over()
+            await asyncio.to_thread(_finish_on, b, namespace, spec, task_id)
+            await asyncio.wait_for(task, 30)
+            _check(events, stream.resumes)
+
+    asyncio.run(main())
+
+
+TTL, INTERVAL = 2.0, 0.5
+
+
+def _lease_env(cluster: Cluster, namespace: str, machine_specs: Any) -> Tuple[TcpProxy, Client, str]:
+    direct = Client(cluster.main.addr, namespace, options=CHANNEL_OPTIONS)
+    direct.apply_machines(machine_specs)
+    task = direct.create_entity("task").entity
+    return TcpProxy(cluster.main.addr), direct, task.id
+
+
+def _fence_is_refused(direct: Client, key: str, fence: pb.Fence, task_id: str) -> None:
+    """After the server's own expiry (a waiting acquire is woken by it, no polling) the
+    old fence is refused with LEASE_LOST naming the new holder."""
+    other = direct.acquire_lease(key, "next-holder", ttl=10, wait=TTL * 3)
+    assert other.acquired and other.lease.token > fence.token
+    with pytest.raises(baton_client.LeaseLost) as ei:
+        direct.append_events(task_id, [("progress", "stale")], fence=fence)
+    assert not ei.value.local and ei.value.metadata["current_token"] == str(other.lease.token)
+    assert direct.get_entity(task_id).last_seq == 0
+
+
+def test_sync_lease_reports_lost_when_renewals_are_blackholed(cluster: Cluster, namespace: str, machine_specs: Any) -> None:
+    proxy, direct, task_id = _lease_env(cluster, namespace, machine_specs)
+    key = f"bh-{uuid.uuid4().hex[:8]}"
+    callbacks: List[float] = []
+    try:
+        with Client(proxy.addr, namespace, options=CHANNEL_OPTIONS) as via:
+            lease = via.lease(key, "holder", ttl=TTL, renew_interval=INTERVAL, on_lost=lambda _: callbacks.append(time.monotonic()))
+            lease.acquire()
+            assert not lease.lost
+            proxy.blackhole()
+            cut_at = time.monotonic()
+            assert lease.wait_lost(TTL + 2 * INTERVAL), "lost never tripped"
+            lost_at = time.monotonic()
+            expiry = lease.expires_at_monotonic
+            assert lease.lost and len(callbacks) == 1
+            assert expiry <= lost_at <= expiry + INTERVAL, (expiry, lost_at)
+            assert lost_at - cut_at <= TTL + INTERVAL, lost_at - cut_at
+            with pytest.raises(baton_client.LeaseLost) as ei:
+                lease.append_events(task_id, [("progress", "after lost")])
+            assert ei.value.local
+            _fence_is_refused(direct, key, lease.fence, task_id)
+            assert not lease.release(timeout=0.5)
+    finally:
+        proxy.close()
+        direct.close()
+
+
+def test_async_lease_reports_lost_when_renewals_are_blackholed(cluster: Cluster, namespace: str, machine_specs: Any) -> None:
+    proxy, direct, task_id = _lease_env(cluster, namespace, machine_specs)
+    key = f"bh-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> pb.Fence:
+        async with AsyncClient(proxy.addr, namespace, options=CHANNEL_OPTIONS) as via:
+            fired = asyncio.Event()
+            lease = via.lease(key, "holder", ttl=TTL, renew_interval=INTERVAL, on_lost=lambda _: fired.set())
+            await lease.acquire()
+            proxy.blackhole()
+            cut_at = time.monotonic()
+            await asyncio.wait_for(lease.wait_lost(), TTL + 2 * INTERVAL)
+            lost_at = time.monotonic()
+            assert fired.is_set() and lease.lost
+            assert lease.expires_at_monotonic <= lost_at <= lease.expires_at_monotonic + INTERVAL
+            assert lost_at - cut_at <= TTL + INTERVAL
+            with pytest.raises(baton_client.LeaseLost) as ei:
+                await lease.transition(task_id, "start")
+            assert ei.value.local
+            assert not await lease.release(timeout=0.5)
+            return lease.fence
+
+    try:
+        fence = asyncio.run(main())
+        _fence_is_refused(direct, key, fence, task_id)
+    finally:
+        proxy.close()
+        direct.close()
+
+
+def test_lease_renews_in_the_background_and_fences_writes(client: Client, machine_specs: Any) -> None:
+    task = client.create_entity("task").entity
+    key = f"task:{task.id}"
+    with client.lease(key, "worker", ttl=1.5, renew_interval=0.3) as lease:
+        token = lease.token
+        # 2 TTLs pass: only renewals keep it alive.
+        assert not lease.wait_lost(3.0), lease.lost_cause
+        assert lease.renewals >= 6, lease.renewals
+        assert client.get_lease(key).lease.token == token
+        resp = lease.transition(task.id, "start", events=[("progress", "mine")])
+        assert resp.applied and len(resp.seqs) == 2
+    assert not client.get_lease(key).HasField("lease"), "released on exit"
