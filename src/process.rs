@@ -52,8 +52,13 @@ impl ServeProcess {
     /// and waits (blocking) for its address. On failure the error carries the last lines
     /// the child logged.
     pub fn spawn(bin: &Path, database_url: &str, extra: &[&str]) -> Result<Self, String> {
+        Self::spawn_at(bin, SocketAddr::from(([127, 0, 0, 1], 0)), database_url, extra)
+    }
+
+    /// [`ServeProcess::spawn`] on a given address (a replica restarted where it was).
+    pub fn spawn_at(bin: &Path, listen: SocketAddr, database_url: &str, extra: &[&str]) -> Result<Self, String> {
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["serve", "--listen", &listen.to_string(), "--log-format", "json"])
             .args(["--database-url", database_url])
             .args(extra)
             .stdin(Stdio::null())

@@ -571,8 +571,8 @@ const MAX_BACKOFF_MS = 2000;
  * Iterates a tape's events in seq order, exactly once each, and ends after `final`.
  * Any end of the underlying stream that carries no baton ErrorInfo (UNAVAILABLE, UNKNOWN
  * "Stream removed", INTERNAL RST_STREAM, CANCELLED by the transport, a clean end without
- * `final`, ...) and a baton SHUTTING_DOWN error resume it with `after_seq` = the last seq
- * received (`lastSeq`), with backoff; `resumes` counts them. It gives up after
+ * `final`, ...) and a baton SHUTTING_DOWN or DATABASE_UNAVAILABLE error resume it with
+ * `after_seq` = the last seq received (`lastSeq`), with backoff; `resumes` counts them. It gives up after
  * `giveUpAfterMs` without an event. A baton error (NOT_FOUND, INVALID_ARGUMENT, ...) is
  * thrown. `close()` cancels it.
  */
@@ -607,7 +607,9 @@ export class EventStream implements AsyncIterable<Event> {
     const failed = async (err: BatonError | null): Promise<void> => {
       this.ends.push(err);
       if (this.ends.length > 32) this.ends.shift();
-      if (err && err.isBaton && err.reason !== Reason.SHUTTING_DOWN) {
+      // A draining replica or an unreachable database ends a stream without answering it:
+      // resume, as after any transport end (resuming from the last seq is always safe).
+      if (err && err.isBaton && !RETRY_REASONS.has(err.reason ?? '')) {
         this.done = true;
         throw err;
       }

@@ -29,8 +29,12 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const execFileP = promisify(execFile);
 const machines = loadMachines(MACHINES);
 let madeCerts = null;
-/** Certificates for the TLS tests, made once per run. */
-const certs = () => (madeCerts ??= makeCerts(fs.mkdtempSync(path.join(os.tmpdir(), 'baton-certs-'))));
+let certsDir = null;
+/** Certificates for the TLS tests, made once per run (and removed at its end). */
+const certs = () => (madeCerts ??= makeCerts((certsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-certs-')))));
+after(() => {
+  if (certsDir) fs.rmSync(certsDir, { recursive: true, force: true });
+});
 const spec = (kind) => {
   const s = machines.find((m) => m.kind === kind);
   assert.ok(s, `no machine of kind ${kind}`);

@@ -19,9 +19,15 @@ INITIAL_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 
 
+#: Baton errors that end a stream without answering it: a draining replica, an unreachable
+#: database. Resuming from the last seq is safe after these as after any transport end.
+RESUME_REASONS = frozenset({Reason.SHUTTING_DOWN.value, Reason.DATABASE_UNAVAILABLE.value})
+
+
 def resumable(err: BatonError) -> bool:
-    """Resume after any end that is not a baton answer, and after SHUTTING_DOWN."""
-    return not err.is_baton or err.reason == Reason.SHUTTING_DOWN.value
+    """Resume after any end that is not a baton answer, and after SHUTTING_DOWN or
+    DATABASE_UNAVAILABLE."""
+    return not err.is_baton or err.reason in RESUME_REASONS
 
 
 class StreamState:
