@@ -439,6 +439,9 @@ fn classify(s: &Status) -> Attempt {
             state: state(&meta("current_state")),
         }),
         (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown, _) => Attempt::Unknown,
+        // No ErrorInfo: the client library's own report of a connection torn down mid-call
+        // (tonic maps an HTTP/2 reset to INTERNAL) — the server never answered.
+        (Code::Internal, _) if info.is_none() => Attempt::Unknown,
         _ => Attempt::Anomaly(format!("unexpected {:?} {reason}: {}", s.code(), s.message())),
     }
 }
