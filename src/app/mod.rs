@@ -79,6 +79,7 @@ impl Application {
         let options = StoreOptions {
             clock: wiring.clock,
             pool_size: settings.pool_size,
+            write_lanes: settings.write_lanes,
             idle_in_transaction_timeout: settings.pg_idle_in_transaction_timeout,
             lock_timeout: settings.pg_lock_timeout,
             faults: wiring.faults.clone(),

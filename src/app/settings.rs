@@ -30,6 +30,10 @@ pub struct Settings {
     /// Database connections per replica (Postgres): a few per core; more only adds contention.
     #[arg(long, env = "BATON_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pool_size: u32,
+    /// Write lanes per replica (Postgres): commit batches in flight at once, each on its own
+    /// connection. Commands on one key always share a lane, so they commit in order.
+    #[arg(long, env = "BATON_WRITE_LANES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub write_lanes: u32,
     /// Postgres ends a session idle inside a transaction this long (a frozen or cut-off
     /// replica), rolling it back and freeing its key for the other replicas.
     #[arg(long, env = "BATON_PG_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "5s", value_parser = positive)]

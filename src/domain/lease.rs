@@ -106,6 +106,17 @@ pub struct LeaseRow {
 }
 
 impl LeaseRow {
+    /// The row of a key just granted (or renewed) as `lease`.
+    pub fn granted(lease: &Lease) -> Self {
+        Self {
+            key: lease.key.clone(),
+            token: lease.token,
+            holder: Some(lease.holder.clone()),
+            acquired_at: lease.acquired_at,
+            expires_at: lease.expires_at,
+        }
+    }
+
     /// The lease, if one is live at `now` (I1: expiry is judged by store time only).
     pub fn live(&self, now: Timestamp) -> Option<Lease> {
         let holder = self.holder.clone()?;

@@ -36,12 +36,14 @@ macro_rules! counter {
     };
 }
 
+pub mod batch;
 pub mod command;
 pub mod entity;
 pub mod error;
 pub mod lease;
 pub mod machine;
 pub mod names;
+pub mod outcome;
 pub mod tape;
 pub mod time;
 

@@ -4,21 +4,20 @@
 mod entities;
 mod error;
 mod hub;
-mod idempotency;
 mod leases;
 mod machines;
-mod queue;
+mod pipeline;
 mod tape;
 
-pub use entities::{CreateOutcome, TransitionOutcome};
+pub use crate::domain::outcome::{AcquireOutcome, AppendOutcome, CreateOutcome, LeaseView, TransitionOutcome};
 pub use error::Error;
 pub use hub::Hub;
-pub use leases::{AcquireOutcome, LeaseView};
 pub use machines::DefineOutcome;
-pub use tape::{AppendOutcome, StreamItem};
+pub use pipeline::PipelineStats;
+pub use tape::StreamItem;
 
 use machines::MachineCache;
-use queue::KeyQueue;
+use pipeline::Pipeline;
 
 use crate::storage::Store;
 use std::sync::Arc;
@@ -45,9 +44,9 @@ pub struct ServiceConfig {
 pub struct Coordinator {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
-    /// Writers of one key take turns here before they take the key's database lock.
-    queue: Arc<KeyQueue>,
-    /// Parsed machines, checked at commit.
+    /// The commit pipeline: every write goes through it.
+    pipeline: Arc<Pipeline>,
+    /// Parsed machines.
     machines: Arc<MachineCache>,
     config: ServiceConfig,
     /// Flips to true when the server drains: streams end with UNAVAILABLE, waits stop.
@@ -58,6 +57,8 @@ impl Coordinator {
     /// Wires a coordinator over a store and starts its hub.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> Self {
         let hub = Hub::start(store.changes());
+        let machines = Arc::new(MachineCache::default());
+        let pipeline = Arc::new(Pipeline::start(store.clone(), machines.clone(), config.faults.clone()));
         tokio::spawn(sweeper(
             Arc::downgrade(&hub),
             store.clone(),
@@ -67,8 +68,8 @@ impl Coordinator {
         Self {
             store,
             hub,
-            queue: Arc::default(),
-            machines: Arc::default(),
+            pipeline,
+            machines,
             config,
             shutdown,
         }
@@ -77,6 +78,11 @@ impl Coordinator {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The commit pipeline's counters.
+    pub fn pipeline_stats(&self) -> &Arc<PipelineStats> {
+        self.pipeline.stats()
     }
 
     /// The replica's wake-up hub.
@@ -101,11 +107,9 @@ impl Coordinator {
     /// Runs a write to its end on a task of its own, and waits for it.
     ///
     /// tonic drops a handler's future when its caller goes away (a deadline, a cancel, a
-    /// dropped connection). A write that has committed must still be announced to every
-    /// subscriber, local and remote, and its outcome must stay recorded for retries — so
-    /// everything from `begin` to the announcement runs here, where the caller's going away
-    /// cannot stop it. Every mutating call goes through this; it is the one place where the
-    /// "after commit" work is protected.
+    /// dropped connection). A write that has committed must still be announced and its
+    /// outcome recorded, so no write may run in the caller's future: the commit pipeline's
+    /// lanes are tasks of their own, and a machine definition runs here.
     pub(crate) async fn detached<T, F>(&self, write: impl FnOnce(Coordinator) -> F) -> Result<T>
     where
         T: Send + 'static,

@@ -3,15 +3,14 @@
 //! something (a gap, a lagging channel, a lost notification connection) it re-reads the
 //! table by seq. It ends right after `final`.
 
-use super::entities::{entity_lock, write_change};
 use super::hub::TapeSignal;
-use super::idempotency::{call_id, remember, replay};
 use super::{Coordinator, Error, Result};
 use crate::domain::DomainError;
+use crate::domain::batch::Command;
 use crate::domain::command::{AppendEvents, StreamEvents};
 use crate::domain::names::{EntityId, Namespace};
-use crate::domain::tape::{AppendPlan, Seq, StoredEvent, plan_append};
-use crate::storage::First;
+use crate::domain::outcome::{AppendOutcome, Outcome};
+use crate::domain::tape::{Seq, StoredEvent};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
@@ -19,17 +18,6 @@ use tokio::sync::{broadcast, mpsc};
 const PAGE: u32 = 256;
 /// Messages buffered per stream before the subscriber waits for the client.
 const STREAM_BUFFER: usize = 16;
-
-/// Outcome of AppendEvents.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AppendOutcome {
-    /// Seqs assigned.
-    pub seqs: Vec<Seq>,
-    /// True when dropped on a sealed tape.
-    pub dropped: bool,
-    /// Seq of `final` when sealed.
-    pub final_seq: Option<Seq>,
-}
 
 /// One message of an event stream.
 #[derive(Debug, Clone)]
@@ -44,52 +32,10 @@ impl Coordinator {
     /// AppendEvents: gapless seqs after the head; nothing after `final`, ever (I7).
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, id = %cmd.entity_id, n = cmd.events.len()))]
     pub async fn append_events(&self, cmd: AppendEvents) -> Result<AppendOutcome> {
-        let call = call_id(
-            "AppendEvents",
-            cmd.entity_id.as_str(),
-            &(&cmd.events, &cmd.fence, cmd.if_sealed),
-        );
-        let lock = entity_lock(&cmd.ns, &cmd.entity_id);
-        self.detached(move |this| async move { this.append_once(&cmd, lock, &call).await })
-            .await
-    }
-
-    async fn append_once(&self, cmd: &AppendEvents, lock: i64, call: &str) -> Result<AppendOutcome> {
-        let _turn = self.queue.turn(lock).await;
-        let mut tx = self
-            .store
-            .begin_at(lock, First::Entity(&cmd.ns, &cmd.entity_id))
-            .await?;
-        if let Some(out) = replay(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call).await? {
-            return Ok(out);
+        match self.pipeline.submit(Command::Append(cmd)).await? {
+            Outcome::Append(out) => Ok(out),
+            _ => Err(Error::Internal("AppendEvents answered with another outcome".into())),
         }
-        let entity = tx
-            .entity(&cmd.ns, &cmd.entity_id)
-            .await?
-            .ok_or_else(|| DomainError::NotFound {
-                what: "entity",
-                name: cmd.entity_id.to_string(),
-            })?;
-        self.check_fence(&mut *tx, &cmd.ns, cmd.fence.as_ref()).await?;
-        let change = match plan_append(&entity, &cmd.events, cmd.if_sealed, tx.now())? {
-            AppendPlan::Dropped { final_seq } => {
-                return Ok(AppendOutcome {
-                    seqs: vec![],
-                    dropped: true,
-                    final_seq: Some(final_seq),
-                });
-            }
-            AppendPlan::Append(change) => change,
-        };
-        let out = AppendOutcome {
-            seqs: change.seqs(),
-            dropped: false,
-            final_seq: None,
-        };
-        write_change(&mut *tx, &cmd.ns, change).await?;
-        remember(&mut *tx, &cmd.ns, cmd.request_id.as_ref(), call, &out).await?;
-        tx.commit().await?;
-        Ok(out)
     }
 
     /// StreamEvents: checks the entity exists, then feeds a channel from a spawned

@@ -2,9 +2,16 @@
 
 use crate::domain::DomainError;
 
-/// SQLSTATE raised by the Postgres `baton_flush` function when an expected machine
-/// version no longer holds.
+/// SQLSTATE raised by the Postgres `baton_expect_machines` function when a machine a batch
+/// was decided with no longer has the version it read.
 pub const MACHINE_CHANGED: &str = "BA001";
+
+/// True for the SQLSTATEs that mean "the database cannot serve this now": connection
+/// exceptions, admin shutdown, cannot connect now, too many connections, a session ended
+/// for idling inside a transaction (25P03), a lock not granted within lock_timeout (55P03).
+fn unavailable(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25P03" | "55P03")
+}
 
 /// What can go wrong in a store.
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +47,7 @@ impl StoreError {
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // Raised by baton_flush when a machine the transaction relied on changed.
                 Some(MACHINE_CHANGED) => StoreError::Conflict(db.message().to_string()),
-                // Postgres: connection exceptions, admin shutdown, cannot connect now, too
-                // many connections, a session ended for idling inside a transaction (25P03),
-                // a lock not granted within lock_timeout (55P03). SQLite: busy / locked.
-                Some(c)
-                    if c.starts_with("08")
-                        || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "25P03" | "55P03") =>
-                {
-                    StoreError::Unavailable(e.to_string())
-                }
+                Some(c) if unavailable(c) => StoreError::Unavailable(e.to_string()),
                 Some("5" | "6" | "261" | "517") => StoreError::Unavailable(e.to_string()),
                 _ => StoreError::Internal(e.to_string()),
             },
@@ -59,6 +58,29 @@ impl StoreError {
     /// True for a unique-constraint violation (Postgres 23505, SQLite 1555/2067).
     pub fn is_unique_violation(e: &sqlx::Error) -> bool {
         matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// Classifies a Postgres driver error: refused before commit (retry the batch), the
+    /// database unreachable, or a bug.
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            return match code {
+                MACHINE_CHANGED => StoreError::Conflict(db.message().to_string()),
+                // A row appeared that the batch's reads did not see: decide again.
+                "23505" => StoreError::Conflict(db.message().to_string()),
+                c if unavailable(c) => StoreError::Unavailable(e.to_string()),
+                _ => StoreError::Internal(format!("{}: {} ({code})", db.severity(), db.message())),
+            };
+        }
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        if e.is_closed() || io {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Internal(e.to_string())
+        }
     }
 }
 

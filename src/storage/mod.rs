@@ -1,21 +1,23 @@
 //! Storage: one [`Store`] trait, a Postgres adapter and a SQLite adapter, picked from the
-//! database URL scheme. The rules live in `domain`; a store only loads and saves, inside
-//! write transactions that begin with the key's lock ([`Store::begin`]).
+//! database URL scheme. The rules live in `domain`; a store only loads and saves. A write
+//! batch costs two round trips: begin, lock its keys and read its rows; then write and
+//! commit. Each backend owns its SQL, in `.sql` files beside it.
 
+mod decode;
 mod error;
 mod postgres;
-mod rows;
 mod sqlite;
 
 pub use error::StoreError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
+use crate::domain::batch::{Lock, Reads, Rows, StoredRequest, Writes};
 use crate::domain::command::ListEntities;
 use crate::domain::entity::Entity;
-use crate::domain::lease::{Lease, LeaseRow};
+use crate::domain::lease::LeaseRow;
 use crate::domain::machine::StoredMachine;
-use crate::domain::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId};
+use crate::domain::names::{EntityId, LeaseKey, Name, Namespace, RequestId};
 use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::{Clock, Timestamp};
 use crate::faults::Faults;
@@ -84,21 +86,100 @@ impl std::str::FromStr for Backend {
     }
 }
 
-/// A storage backend.
+/// A machine row as stored: its spec still JSON (the service parses each version once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineRow {
+    /// The kind.
+    pub kind: Name,
+    /// 1, 2, 3 ... per redefinition.
+    pub version: u64,
+    /// The spec, as JSON.
+    pub spec: String,
+    /// When this version was stored.
+    pub defined_at: Timestamp,
+}
+
+/// What the first round trip of a write batch found.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// For each lock asked for, in order: whether it is held (a key another replica holds
+    /// is not; the commands that need it wait for a later batch).
+    pub granted: Vec<bool>,
+    /// Store time, read once the locks were held.
+    pub now: Timestamp,
+    /// Entities found by id, and those found by dedup key.
+    pub entities: Vec<(Namespace, Entity)>,
+    /// Lease rows found.
+    pub leases: Vec<(Namespace, LeaseRow)>,
+    /// Stored request outcomes found.
+    pub requests: Vec<(Namespace, RequestId, StoredRequest)>,
+    /// The machines asked for by kind, and those of every entity found.
+    pub machines: Vec<(Namespace, MachineRow)>,
+}
+
+impl Loaded {
+    /// The rows a batch decides against, each machine parsed by `machine` (the service
+    /// parses each version once; see `service::MachineCache`).
+    pub fn into_rows(self, mut machine: impl FnMut(&Namespace, &MachineRow) -> Result<StoredMachine>) -> Result<Rows> {
+        let mut rows = Rows {
+            now: self.now,
+            ..Rows::default()
+        };
+        for (ns, e) in self.entities {
+            if let Some(d) = &e.dedup_key {
+                rows.dedup.insert((ns.clone(), e.kind.clone(), d.clone()), e.id.clone());
+            }
+            rows.entities.insert((ns, e.id.clone()), e);
+        }
+        for (ns, l) in self.leases {
+            rows.leases.insert((ns, l.key.clone()), l);
+        }
+        for (ns, rid, stored) in self.requests {
+            rows.requests.insert((ns, rid), stored);
+        }
+        for (ns, m) in self.machines {
+            let parsed = machine(&ns, &m)?;
+            rows.machines.insert((ns, m.kind), parsed);
+        }
+        Ok(rows)
+    }
+}
+
+/// A storage backend. Writes go through write batches: one round trip to begin, lock and
+/// read ([`Store::begin_batch`]), one to write and commit ([`BatchTx::commit`]). Reads use
+/// connections of their own, so they never queue behind writes.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which backend this is (for logs).
     fn backend(&self) -> Backend;
     /// The clock (skew source in tests).
     fn clock(&self) -> &Clock;
-    /// Begins a write transaction holding the lock of `lock_key` (see
-    /// [`crate::domain::names::lock_key`]); its clock is read after the lock is held.
-    async fn begin(&self, lock_key: i64) -> Result<Box<dyn WriteTx>> {
-        self.begin_at(lock_key, First::Nothing).await
-    }
-    /// [`Store::begin`], naming the row the transaction will read first: Postgres reads it
-    /// (after the lock) in the same round trip that takes the lock.
-    async fn begin_at(&self, lock_key: i64, first: First<'_>) -> Result<Box<dyn WriteTx>>;
+    /// How many write batches can be in flight at once (each lane has its own connection;
+    /// a lane runs one batch at a time, and a second `begin_batch` on it waits its turn).
+    fn lanes(&self) -> usize;
+    /// First round trip of a write batch on `lane`: begins a transaction, takes `locks` in
+    /// their order — each tried (`wait` false) or waited for (`wait` true) — reads the store
+    /// clock, then reads what `reads` names.
+    async fn begin_batch(
+        &self,
+        lane: usize,
+        locks: &[Lock],
+        wait: bool,
+        reads: &Reads,
+    ) -> Result<(Box<dyn BatchTx>, Loaded)>;
+    /// A machine definition's own transaction, holding the kind's lock exclusively (it
+    /// waits for write batches planned with the kind's current version), with the stored
+    /// machine if there is one and the store time.
+    async fn begin_define(
+        &self,
+        ns: &Namespace,
+        kind: &Name,
+    ) -> Result<(Box<dyn DefineTx>, Option<MachineRow>, Timestamp)>;
+    /// Delivers committed changes to this replica's subscribers and, where there are
+    /// others, to the other replicas.
+    fn announce(&self, changes: Vec<Change>);
+    /// Database round trips made by write batches so far (tests and metrics count them).
+    fn round_trips(&self) -> u64;
     /// Store time now.
     async fn now(&self) -> Result<Timestamp>;
     /// Answers when the database does.
@@ -125,111 +206,27 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// The row a write transaction reads first.
-#[derive(Debug, Clone, Copy)]
-pub enum First<'a> {
-    /// No hint.
-    Nothing,
-    /// An entity ([`WriteTx::entity`]).
-    Entity(&'a Namespace, &'a EntityId),
-    /// A lease row, unshared ([`WriteTx::lease_row`] with `share: false`).
-    Lease(&'a Namespace, &'a LeaseKey),
-}
-
-/// One write of a transaction. Postgres sends a transaction's writes to the database
-/// together, with its commit, in one round trip; SQLite runs each at once.
-#[derive(Debug, Clone, Copy)]
-pub enum Write<'a> {
-    /// Stores the outcome of a request id.
-    Request {
-        ns: &'a Namespace,
-        rid: &'a RequestId,
-        method: &'a str,
-        outcome: &'a str,
-    },
-    /// Writes a key's lease (creating the row on first grant).
-    Lease { ns: &'a Namespace, lease: &'a Lease },
-    /// Ends a key's lease, keeping its token counter.
-    EndLease { ns: &'a Namespace, key: &'a LeaseKey },
-    /// Creates or replaces a kind's machine.
-    Machine { ns: &'a Namespace, m: &'a StoredMachine },
-    /// Inserts a new entity; `AlreadyExists` (at the latest on commit) when the id is taken.
-    InsertEntity { ns: &'a Namespace, e: &'a Entity },
-    /// Saves an entity's state, version, fields, times and tape head.
-    UpdateEntity { ns: &'a Namespace, e: &'a Entity },
-    /// Appends numbered events.
-    Events {
-        ns: &'a Namespace,
-        id: &'a EntityId,
-        events: &'a [StoredEvent],
-    },
-}
-
-/// One write transaction. Dropping it without [`WriteTx::commit`] rolls back.
+/// The second round trip of a write batch. Dropped without [`BatchTx::commit`], it rolls back.
 #[async_trait]
-pub trait WriteTx: Send {
-    /// Store time, read once the transaction's lock was held.
-    fn now(&self) -> Timestamp;
-    /// Makes the commit conditional on `kind`'s machine still being at `version`, holding
-    /// the machine's lock shared from then to the commit (a redefinition takes it
-    /// exclusively, so it cannot remove a state under this transaction). When the machine
-    /// changed, this call or the commit fails with [`StoreError::Conflict`].
-    async fn expect_machine(&mut self, lock_key: i64, ns: &Namespace, kind: &Name, version: u64) -> Result<()>;
-    /// The stored outcome of `rid`: (method, JSON).
-    async fn request(&mut self, ns: &Namespace, rid: &RequestId) -> Result<Option<(String, String)>>;
-    /// A key's lease row. With `share`, a concurrent acquire of the key waits for this
-    /// transaction (a fenced write and a takeover cannot interleave, I3).
-    async fn lease_row(&mut self, ns: &Namespace, key: &LeaseKey, share: bool) -> Result<Option<LeaseRow>>;
-    /// A kind's machine.
-    async fn machine(&mut self, ns: &Namespace, kind: &Name) -> Result<Option<StoredMachine>>;
+pub trait BatchTx: Send {
+    /// Writes everything and commits. [`StoreError::Conflict`]: nothing was written (a
+    /// machine was redefined, a row appeared), decide the batch again; `Unavailable`: the
+    /// commit's fate is unknown.
+    async fn commit(self: Box<Self>, writes: &Writes) -> Result<()>;
+}
+
+/// A machine definition's transaction.
+#[async_trait]
+pub trait DefineTx: Send {
     /// One of `states` that some entity of `kind` is in, if any.
     async fn state_in_use(&mut self, ns: &Namespace, kind: &Name, states: &[&str]) -> Result<Option<String>>;
-    /// One entity.
-    async fn entity(&mut self, ns: &Namespace, id: &EntityId) -> Result<Option<Entity>>;
-    /// The entity holding a dedup key.
-    async fn entity_by_dedup(&mut self, ns: &Namespace, kind: &Name, dedup: &DedupKey) -> Result<Option<Entity>>;
-    /// One write (see [`Write`]); it is part of the commit, and visible to later reads of
-    /// this transaction.
-    async fn write(&mut self, w: Write<'_>) -> Result<()>;
-    /// Announces a change to every replica once the transaction commits.
-    async fn publish(&mut self, change: Change) -> Result<()>;
-    /// Commits.
-    async fn commit(self: Box<Self>) -> Result<()>;
+    /// Stores the machine and commits.
+    async fn commit(self: Box<Self>, ns: &Namespace, machine: &StoredMachine) -> Result<()>;
+}
 
-    /// Stores the outcome of `rid`.
-    async fn put_request(&mut self, ns: &Namespace, rid: &RequestId, method: &str, outcome: &str) -> Result<()> {
-        self.write(Write::Request {
-            ns,
-            rid,
-            method,
-            outcome,
-        })
-        .await
-    }
-    /// Writes the key's lease (creating the row on first grant).
-    async fn put_lease(&mut self, ns: &Namespace, lease: &Lease) -> Result<()> {
-        self.write(Write::Lease { ns, lease }).await
-    }
-    /// Ends the key's lease, keeping its token counter.
-    async fn end_lease(&mut self, ns: &Namespace, key: &LeaseKey) -> Result<()> {
-        self.write(Write::EndLease { ns, key }).await
-    }
-    /// Creates or replaces a kind's machine.
-    async fn put_machine(&mut self, ns: &Namespace, m: &StoredMachine) -> Result<()> {
-        self.write(Write::Machine { ns, m }).await
-    }
-    /// Inserts a new entity.
-    async fn insert_entity(&mut self, ns: &Namespace, e: &Entity) -> Result<()> {
-        self.write(Write::InsertEntity { ns, e }).await
-    }
-    /// Saves an entity.
-    async fn update_entity(&mut self, ns: &Namespace, e: &Entity) -> Result<()> {
-        self.write(Write::UpdateEntity { ns, e }).await
-    }
-    /// Appends numbered events.
-    async fn insert_events(&mut self, ns: &Namespace, id: &EntityId, events: &[StoredEvent]) -> Result<()> {
-        self.write(Write::Events { ns, id, events }).await
-    }
+/// A stored machine row, parsed and validated (a row that breaks a rule is corrupt).
+pub fn parse_machine(row: &MachineRow) -> Result<StoredMachine> {
+    decode::machine(row)
 }
 
 /// How to open a store.
@@ -237,8 +234,10 @@ pub trait WriteTx: Send {
 pub struct StoreOptions {
     /// The clock (database time on Postgres is shifted by its skew).
     pub clock: Clock,
-    /// Postgres connections per replica.
+    /// Postgres connections per replica for reads.
     pub pool_size: u32,
+    /// Postgres write lanes: batches in flight at once, each on a connection of its own.
+    pub write_lanes: u32,
     /// Postgres ends a baton session that sits idle inside a transaction this long (a frozen
     /// or partitioned replica), rolling the transaction back and freeing its key's lock.
     pub idle_in_transaction_timeout: Duration,
@@ -255,6 +254,7 @@ impl StoreOptions {
         Self {
             clock,
             pool_size,
+            write_lanes: 2,
             idle_in_transaction_timeout: Duration::from_secs(5),
             lock_timeout: Duration::from_secs(10),
             faults: Faults::default(),

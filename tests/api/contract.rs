@@ -1,47 +1,33 @@
-//! The `Store` contract, run against both backends: what every adapter must do, tested
-//! on the trait alone (no gRPC, no service).
+//! The `Store` contract, run against both backends: what every adapter must do, tested on
+//! the trait alone (no gRPC, no service). Writes go through write batches: one round trip
+//! to begin, lock and read; one to write and commit.
 
 use crate::both_backends;
 use crate::helpers::{Backend, TestDb};
 use baton::domain::DomainError;
-use baton::domain::command::{ListEntities, PageToken};
+use baton::domain::batch::{Batch, Command, Lock, Reads, StoredRequest, Writes};
+use baton::domain::command::{ListEntities, PageToken, Transition};
 use baton::domain::entity::{Entity, Fields, Version};
-use baton::domain::lease::{FencingToken, Lease};
-use baton::domain::machine::{Machine, StoredMachine};
+use baton::domain::lease::{Fence, FencingToken, LeaseRow};
+use baton::domain::machine::{FinalEvent, Machine, StoredMachine, TransitionAsk};
 use baton::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name, Namespace, RequestId, lock_key, lock_space};
+use baton::domain::outcome::Outcome;
 use baton::domain::tape::{Seq, StoredEvent};
 use baton::domain::time::{Clock, Timestamp};
-use baton::storage::{self, Change, First, Store, StoreError};
+use baton::storage::{self, Change, Loaded, Store, StoreError, StoreOptions};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The error a write meets: from the write itself, or at the latest from the commit (the
-/// Postgres store sends a transaction's writes with its commit). Consumes the transaction.
-macro_rules! refused {
-    ($tx:ident, $write:expr) => {{
-        let first = $write.await;
-        match first {
-            Err(e) => {
-                drop($tx);
-                e
-            }
-            Ok(()) => $tx.commit().await.expect_err("the write or its commit is refused"),
-        }
-    }};
-}
-
-fn tok(n: u64) -> FencingToken {
-    FencingToken::parse("token", n).unwrap()
-}
-
-fn seq(n: u64) -> Seq {
-    Seq::parse("seq", n).unwrap()
-}
+/// Lanes of the stores these tests open: enough for the concurrent tests, each running
+/// one batch at a time on its own lane.
+const LANES: u32 = 8;
 
 async fn store(db: &TestDb, clock: Clock) -> Arc<dyn Store> {
-    storage::connect(&db.url, storage::StoreOptions::new(clock, 4))
-        .await
-        .expect("store connects")
+    let options = StoreOptions {
+        write_lanes: LANES,
+        ..StoreOptions::new(clock, 4)
+    };
+    storage::connect(&db.url, options).await.expect("store connects")
 }
 
 fn ns() -> Namespace {
@@ -52,20 +38,36 @@ fn key(s: &str) -> LeaseKey {
     LeaseKey::parse("key", s.into()).unwrap()
 }
 
-fn lease(k: &str, holder: &str, token: u64, now: Timestamp) -> Lease {
-    Lease {
+fn id(s: &str) -> EntityId {
+    EntityId::parse("id", s.into()).unwrap()
+}
+
+fn tok(n: u64) -> FencingToken {
+    FencingToken::parse("token", n).unwrap()
+}
+
+fn seq(n: u64) -> Seq {
+    Seq::parse("seq", n).unwrap()
+}
+
+fn task() -> Name {
+    Name::parse("k", "task".into()).unwrap()
+}
+
+fn lease_row(k: &str, holder: Option<&str>, token: u64, now: Timestamp) -> LeaseRow {
+    LeaseRow {
         key: key(k),
-        holder: Holder::parse("h", holder.into()).unwrap(),
         token: tok(token),
+        holder: holder.map(|h| Holder::parse("h", h.into()).unwrap()),
         acquired_at: now,
         expires_at: now.plus(Duration::from_secs(10)),
     }
 }
 
-fn entity(id: &str, dedup: Option<&str>, now: Timestamp) -> Entity {
+fn entity(e: &str, dedup: Option<&str>, now: Timestamp) -> Entity {
     Entity {
-        id: EntityId::parse("id", id.into()).unwrap(),
-        kind: Name::parse("k", "task".into()).unwrap(),
+        id: id(e),
+        kind: task(),
         state: "pending".into(),
         version: Version::FIRST,
         fields: Fields::from([("note".to_string(), "a".to_string())]),
@@ -78,129 +80,186 @@ fn entity(id: &str, dedup: Option<&str>, now: Timestamp) -> Entity {
     }
 }
 
-/// Version 1 of examples/machines.toml's `task`.
-fn task_machine(now: Timestamp) -> StoredMachine {
-    let spec = crate::helpers::example_machines()
-        .into_iter()
-        .find(|m| m.kind == "task")
-        .unwrap();
-    StoredMachine {
-        machine: Arc::new(Machine::parse(spec).unwrap()),
-        version: 1,
-        defined_at: now,
-    }
-}
-
-fn event(seq: u64, t: &str, now: Timestamp) -> StoredEvent {
+fn event(n: u64, t: &str, now: Timestamp) -> StoredEvent {
     StoredEvent {
-        seq: self::seq(seq),
+        seq: seq(n),
         event_type: t.into(),
-        payload: vec![seq as u8, 0, 255],
+        payload: vec![n as u8, 0, 255],
         content_type: "x/y".into(),
         state: None,
         created_at: now,
     }
 }
 
+/// `version` of examples/machines.toml's `task`.
+fn task_machine(version: u64, now: Timestamp) -> StoredMachine {
+    let spec = crate::helpers::example_machines()
+        .into_iter()
+        .find(|m| m.kind == "task")
+        .unwrap();
+    StoredMachine {
+        machine: Arc::new(Machine::parse(spec).unwrap()),
+        version,
+        defined_at: now,
+    }
+}
+
+/// One batch on `lane`: waits for `locks`, reads `reads`, commits `writes`.
+async fn batch(
+    s: &dyn Store,
+    lane: usize,
+    locks: &[Lock],
+    reads: &Reads,
+    writes: &Writes,
+) -> Result<Loaded, StoreError> {
+    let (tx, loaded) = s.begin_batch(lane, locks, true, reads).await?;
+    tx.commit(writes).await?;
+    Ok(loaded)
+}
+
+/// A batch that writes `writes` and locks nothing.
+async fn write(s: &dyn Store, writes: Writes) -> Result<(), StoreError> {
+    batch(s, 0, &[], &Reads::default(), &writes).await.map(drop)
+}
+
+/// What a batch reading `reads` finds.
+async fn load(s: &dyn Store, reads: Reads) -> Loaded {
+    batch(s, 0, &[], &reads, &Writes::default()).await.unwrap()
+}
+
+async fn now(s: &dyn Store) -> Timestamp {
+    s.now().await.unwrap()
+}
+
+fn with_lease(row: LeaseRow) -> Writes {
+    let mut w = Writes::default();
+    w.leases.insert((ns(), row.key.clone()), row);
+    w
+}
+
+fn with_entity(e: Entity, new: bool) -> Writes {
+    let mut w = Writes::default();
+    w.entities.insert((ns(), e.id.clone()), (e, new));
+    w
+}
+
+async fn define(s: &dyn Store, m: &StoredMachine) {
+    let (tx, _, _) = s.begin_define(&ns(), m.machine.kind()).await.unwrap();
+    tx.commit(&ns(), m).await.unwrap();
+}
+
 async fn lease_rows_keep_their_token_counter(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    let k = key("k");
-    let mut tx = s.begin(lock_key(&ns(), lock_space::LEASE, "k")).await.unwrap();
-    assert_eq!(tx.lease_row(&ns(), &k, false).await.unwrap(), None);
-    let now = tx.now();
-    tx.put_lease(&ns(), &lease("k", "a", 1, now)).await.unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = s.begin(lock_key(&ns(), lock_space::LEASE, "k")).await.unwrap();
-    tx.end_lease(&ns(), &k).await.unwrap();
-    tx.commit().await.unwrap();
-    let row = s.lease_row(&ns(), &k).await.unwrap().expect("row outlives the lease");
+    let t = now(&*s).await;
+    let loaded = load(
+        &*s,
+        Reads {
+            leases: [(ns(), key("k"))].into(),
+            ..Reads::default()
+        },
+    )
+    .await;
+    assert!(loaded.leases.is_empty());
+    write(&*s, with_lease(lease_row("k", Some("a"), 1, t))).await.unwrap();
+    // A release clears the holder; the row, and its token counter (I2), stay.
+    write(&*s, with_lease(lease_row("k", None, 1, t))).await.unwrap();
+    let row = s
+        .lease_row(&ns(), &key("k"))
+        .await
+        .unwrap()
+        .expect("row outlives the lease");
     assert_eq!((row.token, row.holder.clone()), (tok(1), None));
-    assert!(row.live(s.now().await.unwrap()).is_none());
+    assert!(row.live(now(&*s).await).is_none());
+    let loaded = load(
+        &*s,
+        Reads {
+            leases: [(ns(), key("k"))].into(),
+            ..Reads::default()
+        },
+    )
+    .await;
+    assert_eq!(loaded.leases, vec![(ns(), row)]);
 }
 
-async fn dropped_transactions_roll_back(backend: Backend) {
+/// A batch is all or nothing: one refused write, and none of its writes stay. A batch
+/// dropped before its commit writes nothing, and its lane serves the next batch.
+async fn batches_are_atomic(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    {
-        let mut tx = s.begin(1).await.unwrap();
-        let now = tx.now();
-        tx.put_lease(&ns(), &lease("gone", "a", 1, now)).await.unwrap();
-        tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap();
-    }
-    assert_eq!(s.lease_row(&ns(), &key("gone")).await.unwrap(), None);
+    let t = now(&*s).await;
+    write(&*s, with_entity(entity("e1", None, t), true)).await.unwrap();
+    let mut w = with_entity(entity("e1", None, t), true); // e1 is taken
+    w.leases.insert((ns(), key("gone")), lease_row("gone", Some("a"), 1, t));
+    let err = write(&*s, w).await.expect_err("the taken id refuses the batch");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert_eq!(
-        s.entity(&ns(), &EntityId::parse("id", "e1".into()).unwrap())
-            .await
-            .unwrap(),
-        None
+        s.lease_row(&ns(), &key("gone")).await.unwrap(),
+        None,
+        "nothing of it stays"
     );
+    {
+        let (_dropped, _) = s.begin_batch(0, &[], false, &Reads::default()).await.unwrap();
+    }
+    write(&*s, with_lease(lease_row("after", Some("a"), 1, t)))
+        .await
+        .unwrap();
+    assert!(s.lease_row(&ns(), &key("after")).await.unwrap().is_some());
 }
 
 async fn entities_ids_and_dedup_keys_are_unique(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    let mut tx = s.begin(1).await.unwrap();
-    let now = tx.now();
-    tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
-    let err = refused!(tx, tx.insert_entity(&ns(), &entity("e1", None, now)));
-    assert!(
-        matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })),
-        "{err:?}"
-    );
-    let mut tx = s.begin(1).await.unwrap();
-    tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
-    let err = refused!(tx, tx.insert_entity(&ns(), &entity("e2", Some("d"), now)));
-    assert!(
-        matches!(err, StoreError::Rejected(DomainError::AlreadyExists { .. })),
-        "dedup index: {err:?}"
-    );
-    let mut tx = s.begin(1).await.unwrap();
-    tx.insert_entity(&ns(), &entity("e1", Some("d"), now)).await.unwrap();
-    let kind = Name::parse("k", "task".into()).unwrap();
-    let found = tx
-        .entity_by_dedup(&ns(), &kind, &DedupKey::parse("d", "d".into()).unwrap())
+    let t = now(&*s).await;
+    write(&*s, with_entity(entity("e1", Some("d"), t), true)).await.unwrap();
+    let err = write(&*s, with_entity(entity("e1", None, t), true)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "id: {err:?}");
+    let err = write(&*s, with_entity(entity("e2", Some("d"), t), true))
         .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(found.id.as_str(), "e1");
-    tx.commit().await.unwrap();
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "dedup index: {err:?}");
+    let dedup = DedupKey::parse("d", "d".into()).unwrap();
+    let loaded = load(
+        &*s,
+        Reads {
+            dedup: [(ns(), task(), dedup)].into(),
+            ..Reads::default()
+        },
+    )
+    .await;
+    assert_eq!(loaded.entities, vec![(ns(), entity("e1", Some("d"), t))]);
     let other = Namespace::parse("ns", "other".into()).unwrap();
     assert_eq!(
-        s.entity(&other, &found.id).await.unwrap(),
+        s.entity(&other, &id("e1")).await.unwrap(),
         None,
         "I12: namespaces are disjoint"
     );
     assert_eq!(
-        s.entity(&ns(), &found.id).await.unwrap(),
-        Some(entity("e1", Some("d"), now))
+        s.entity(&ns(), &id("e1")).await.unwrap(),
+        Some(entity("e1", Some("d"), t))
     );
 }
 
 async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    let id = EntityId::parse("id", "e1".into()).unwrap();
     let mut changes = s.changes();
-    let mut tx = s.begin(1).await.unwrap();
-    let now = tx.now();
-    tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap();
+    let t = now(&*s).await;
+    let mut w = with_entity(entity("e1", None, t), true);
     let evs: Vec<_> = (1..=5)
-        .map(|i| event(i, if i == 5 { "final" } else { "p" }, now))
+        .map(|i| event(i, if i == 5 { "final" } else { "p" }, t))
         .collect();
-    tx.insert_events(&ns(), &id, &evs).await.unwrap();
-    tx.publish(Change::Tape {
+    w.events = evs.iter().map(|e| (ns(), id("e1"), e.clone())).collect();
+    write(&*s, w).await.unwrap();
+    assert_eq!(s.events(&ns(), &id("e1"), Seq::ZERO, 100).await.unwrap(), evs);
+    assert_eq!(s.events(&ns(), &id("e1"), seq(2), 2).await.unwrap(), evs[2..4].to_vec());
+    // A change announced reaches subscribers (NOTIFY or in-process).
+    s.announce(vec![Change::Tape {
         ns: ns(),
-        entity_id: id.clone(),
+        entity_id: id("e1"),
         head: seq(5),
         events: evs.iter().cloned().map(Arc::new).collect(),
-    })
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(s.events(&ns(), &id, Seq::ZERO, 100).await.unwrap(), evs);
-    assert_eq!(s.events(&ns(), &id, seq(2), 2).await.unwrap(), evs[2..4].to_vec());
-    // The change reaches subscribers after commit (NOTIFY or in-process).
+    }]);
     let got = loop {
         match tokio::time::timeout(Duration::from_secs(10), changes.recv())
             .await
@@ -213,69 +272,98 @@ async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
     };
     assert_eq!(got, (seq(5), 5));
     // I6/I7 in the schema itself: no seq twice, no second final.
-    let mut tx = s.begin(1).await.unwrap();
-    refused!(tx, tx.insert_events(&ns(), &id, &[event(3, "p", now)]));
-    let mut tx = s.begin(1).await.unwrap();
-    refused!(tx, tx.insert_events(&ns(), &id, &[event(6, "final", now)]));
+    for dup in [event(3, "p", t), event(6, "final", t)] {
+        let w = Writes {
+            events: vec![(ns(), id("e1"), dup)],
+            ..Writes::default()
+        };
+        let err = write(&*s, w).await.expect_err("refused by the schema");
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    }
 }
 
 async fn request_outcomes_are_recorded_and_purged(backend: Backend) {
     let db = TestDb::new(backend).await;
     let clock = Clock::system();
     let s = store(&db, clock.clone()).await;
-    let rid = RequestId::parse_optional("r", "r1".into()).unwrap().unwrap();
-    let mut tx = s.begin(1).await.unwrap();
-    tx.put_request(&ns(), &rid, "M", "{\"a\":1}").await.unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = s.begin(1).await.unwrap();
-    assert_eq!(
-        tx.request(&ns(), &rid).await.unwrap(),
-        Some(("M".into(), "{\"a\":1}".into()))
-    );
+    let rid = RequestId::parse("r", "r1".into()).unwrap();
+    let stored = StoredRequest {
+        call: "M".into(),
+        outcome: "{\"a\":1}".into(),
+    };
+    let w = Writes {
+        now: now(&*s).await,
+        requests: vec![(ns(), rid.clone(), stored.clone())],
+        ..Writes::default()
+    };
+    write(&*s, w.clone()).await.unwrap();
+    let loaded = load(
+        &*s,
+        Reads {
+            requests: [(ns(), rid.clone())].into(),
+            ..Reads::default()
+        },
+    )
+    .await;
+    assert_eq!(loaded.requests, vec![(ns(), rid, stored)]);
     // One outcome per request id.
-    refused!(tx, tx.put_request(&ns(), &rid, "M", "{}"));
+    assert!(matches!(write(&*s, w).await, Err(StoreError::Conflict(_))));
     assert!(s.is_housekeeper().await.unwrap());
     clock.advance(Duration::from_secs(10));
-    assert_eq!(s.purge_requests(s.now().await.unwrap()).await.unwrap(), 1);
+    assert_eq!(s.purge_requests(now(&*s).await).await.unwrap(), 1);
 }
 
 async fn machines_and_listing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    let kind = Name::parse("k", "task".into()).unwrap();
-    let mut tx = s.begin(1).await.unwrap();
-    let now = tx.now();
-    let m = task_machine(now);
-    tx.put_machine(&ns(), &m).await.unwrap();
+    let t = now(&*s).await;
+    let m = task_machine(1, t);
+    define(&*s, &m).await;
+    let mut w = Writes::default();
     for (i, state) in ["pending", "running", "running"].iter().enumerate() {
-        let mut e = entity(&format!("e{i}"), None, now);
+        let mut e = entity(&format!("e{i}"), None, t);
         e.state = state.to_string();
         if i == 2 {
             e.fields.insert("turn".into(), "t".into());
         }
-        tx.insert_entity(&ns(), &e).await.unwrap();
+        w.entities.insert((ns(), e.id.clone()), (e, true));
     }
+    write(&*s, w).await.unwrap();
+    let (mut tx, current, _) = s.begin_define(&ns(), &task()).await.unwrap();
+    assert_eq!(current.map(|r| r.version), Some(1));
     assert_eq!(
-        tx.state_in_use(&ns(), &kind, &["failed", "running"]).await.unwrap(),
+        tx.state_in_use(&ns(), &task(), &["failed", "running"]).await.unwrap(),
         Some("running".into())
     );
-    assert_eq!(tx.state_in_use(&ns(), &kind, &["failed"]).await.unwrap(), None);
-    tx.commit().await.unwrap();
-    assert_eq!(s.machine(&ns(), &kind).await.unwrap(), Some(m));
+    assert_eq!(tx.state_in_use(&ns(), &task(), &["failed"]).await.unwrap(), None);
+    drop(tx);
+    assert_eq!(s.machine(&ns(), &task()).await.unwrap(), Some(m));
+    // A batch reads the machine of every entity it reads.
+    let loaded = load(
+        &*s,
+        Reads {
+            entities: [(ns(), id("e0"))].into(),
+            ..Reads::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        loaded
+            .machines
+            .iter()
+            .map(|(_, m)| (m.kind.clone(), m.version))
+            .collect::<Vec<_>>(),
+        [(task(), 1)]
+    );
+    let names = |v: &[&str]| v.iter().map(|s| Name::parse("s", s.to_string()).unwrap()).collect();
     let q = |states: &[&str], has: &[&str], missing: &[&str], after: Option<&str>| ListEntities {
         ns: ns(),
-        kind: kind.clone(),
-        states: states
-            .iter()
-            .map(|s| Name::parse("s", s.to_string()).unwrap())
-            .collect(),
-        has_fields: has.iter().map(|s| Name::parse("s", s.to_string()).unwrap()).collect(),
-        missing_fields: missing
-            .iter()
-            .map(|s| Name::parse("s", s.to_string()).unwrap())
-            .collect(),
+        kind: task(),
+        states: names(states),
+        has_fields: names(has),
+        missing_fields: names(missing),
         limit: 10,
-        after: after.map(|a| PageToken::after(&EntityId::parse("a", a.into()).unwrap())),
+        after: after.map(|a| PageToken::after(&id(a))),
     };
     let ids = |v: Vec<Entity>| v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>();
     assert_eq!(
@@ -300,108 +388,180 @@ async fn machines_and_listing(backend: Backend) {
     );
 }
 
+/// A batch commits only while every machine version its writes were decided with is the
+/// stored one; otherwise nothing of it is written.
 async fn commits_are_conditional_on_the_expected_machine(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    let kind = Name::parse("k", "task".into()).unwrap();
-    let lock = lock_key(&ns(), lock_space::MACHINE, "task");
-    let mut tx = s.begin(lock).await.unwrap();
-    let now = tx.now();
-    tx.put_machine(&ns(), &task_machine(now)).await.unwrap();
-    tx.commit().await.unwrap();
-    // Planned with the current version: commits.
-    let mut tx = s.begin(1).await.unwrap();
-    tx.expect_machine(lock, &ns(), &kind, 1).await.unwrap();
-    tx.insert_entity(&ns(), &entity("e1", None, now)).await.unwrap();
-    tx.commit().await.unwrap();
-    // Planned with a version that is no longer current: nothing is written.
-    let mut tx = s.begin(1).await.unwrap();
-    tx.insert_entity(&ns(), &entity("e2", None, now)).await.unwrap();
-    let err = refused!(tx, tx.expect_machine(lock, &ns(), &kind, 7));
+    let t = now(&*s).await;
+    define(&*s, &task_machine(1, t)).await;
+    let mut w = with_entity(entity("e1", None, t), true);
+    w.machines.insert((ns(), task(), 1));
+    write(&*s, w).await.unwrap();
+    let mut w = with_entity(entity("e2", None, t), true);
+    w.machines.insert((ns(), task(), 7));
+    let err = write(&*s, w)
+        .await
+        .expect_err("decided with a machine that is not current");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert!(
-        s.entity(&ns(), &EntityId::parse("e", "e2".into()).unwrap())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        s.entity(&ns(), &EntityId::parse("e", "e1".into()).unwrap())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(s.entity(&ns(), &id("e2")).await.unwrap().is_none());
+    assert!(s.entity(&ns(), &id("e1")).await.unwrap().is_some());
 }
 
+/// Concurrent read-modify-write batches of one key, on every lane at once, waiting for its
+/// lock: none is lost.
 async fn writers_of_one_key_serialize(backend: Backend) {
-    // Concurrent read-modify-write increments of a lease token and of an entity version,
-    // each in its own transaction under the key's lock: none may be lost, whether the row
-    // is read by `begin` itself (First::...) or by a read after it.
     let db = TestDb::new(backend).await;
     let s = store(&db, Clock::system()).await;
-    let lease_lock = lock_key(&ns(), lock_space::LEASE, "ctr");
-    let entity_lock = lock_key(&ns(), lock_space::ENTITY, "e");
-    let id = EntityId::parse("id", "e".into()).unwrap();
-    let mut tx = s.begin(entity_lock).await.unwrap();
-    let now = tx.now();
-    tx.insert_entity(&ns(), &entity("e", None, now)).await.unwrap();
-    tx.commit().await.unwrap();
-    let mut tasks = vec![];
-    for i in 0..32 {
-        let (s, id) = (s.clone(), id.clone());
-        tasks.push(tokio::spawn(async move {
-            let (ns, k) = (ns(), key("ctr"));
-            let first = if i % 2 == 0 {
-                First::Lease(&ns, &k)
-            } else {
-                First::Nothing
-            };
-            let mut tx = s.begin_at(lease_lock, first).await.unwrap();
-            let row = tx.lease_row(&ns, &k, false).await.unwrap();
-            let next = row.map_or(1, |r| r.token.get() + 1);
-            let now = tx.now();
-            tx.put_lease(&ns, &lease("ctr", &format!("h{i}"), next, now))
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-            let first = if i % 2 == 0 {
-                First::Entity(&ns, &id)
-            } else {
-                First::Nothing
-            };
-            let mut tx = s.begin_at(entity_lock, first).await.unwrap();
-            let mut e = tx.entity(&ns, &id).await.unwrap().unwrap();
-            e.version = e.version.next();
-            tx.update_entity(&ns, &e).await.unwrap();
-            tx.commit().await.unwrap();
+    let t = now(&*s).await;
+    write(&*s, with_entity(entity("e", None, t), true)).await.unwrap();
+    let lock = [Lock {
+        key: lock_key(&ns(), lock_space::ENTITY, "e"),
+        shared: false,
+    }];
+    let reads = Reads {
+        entities: [(ns(), id("e"))].into(),
+        leases: [(ns(), key("ctr"))].into(),
+        ..Reads::default()
+    };
+    let mut lanes = vec![];
+    for lane in 0..LANES as usize {
+        let (s, lock, reads) = (s.clone(), lock, reads.clone());
+        lanes.push(tokio::spawn(async move {
+            for _ in 0..4 {
+                let (tx, loaded) = s.begin_batch(lane, &lock, true, &reads).await.unwrap();
+                assert_eq!(loaded.granted, [true], "waited for the lock");
+                let mut e = loaded.entities[0].1.clone();
+                e.version = e.version.next();
+                let next = loaded.leases.first().map_or(1, |(_, r)| r.token.get() + 1);
+                let mut w = with_entity(e, false);
+                w.leases
+                    .insert((ns(), key("ctr")), lease_row("ctr", Some("h"), next, loaded.now));
+                tx.commit(&w).await.unwrap();
+            }
         }));
     }
-    for t in tasks {
-        t.await.unwrap();
+    for l in lanes {
+        l.await.unwrap();
     }
-    assert_eq!(s.lease_row(&ns(), &key("ctr")).await.unwrap().unwrap().token, tok(32));
-    assert_eq!(s.entity(&ns(), &id).await.unwrap().unwrap().version.get(), 1 + 32);
-    // A row read by `begin` that does not exist reads as absent.
-    let (n, ghost) = (ns(), EntityId::parse("id", "ghost".into()).unwrap());
-    let mut tx = s.begin_at(entity_lock, First::Entity(&n, &ghost)).await.unwrap();
-    assert_eq!(tx.entity(&n, &ghost).await.unwrap(), None);
+    let writes = 4 * LANES as u64;
+    assert_eq!(
+        s.lease_row(&ns(), &key("ctr")).await.unwrap().unwrap().token,
+        tok(writes)
+    );
+    assert_eq!(
+        s.entity(&ns(), &id("e")).await.unwrap().unwrap().version.get(),
+        1 + writes
+    );
 }
 
 async fn clock_skew_is_store_time(backend: Backend) {
     let db = TestDb::new(backend).await;
     let clock = Clock::system();
     let s = store(&db, clock.clone()).await;
-    let before = s.now().await.unwrap();
+    let before = now(&*s).await;
     clock.advance(Duration::from_secs(3600));
-    let after = s.now().await.unwrap();
+    let after = now(&*s).await;
     assert!(after.0 - before.0 >= 3_600_000_000, "{before:?} -> {after:?}");
-    let tx = s.begin(7).await.unwrap();
-    assert!(tx.now() >= after);
+    assert!(load(&*s, Reads::default()).await.now >= after);
+}
+
+/// Runs `commands` as one batch through the store, as the pipeline does: begin (locks,
+/// reads), decide in memory, commit. Returns the outcomes and the round trips it cost.
+async fn run_batch(s: &dyn Store, commands: &[Command]) -> (Vec<Result<Outcome, DomainError>>, u64) {
+    let before = s.round_trips();
+    let locks = Lock::union(commands);
+    let mut reads = Reads::default();
+    for c in commands {
+        c.reads(&mut reads);
+    }
+    let (tx, loaded) = s.begin_batch(0, &locks, false, &reads).await.unwrap();
+    assert!(loaded.granted.iter().all(|g| *g));
+    let rows = loaded.into_rows(|_, m| storage::parse_machine(m)).unwrap();
+    let mut decided = Batch::new(rows);
+    let outcomes = commands.iter().map(|c| decided.apply(c)).collect();
+    tx.commit(&decided.finish()).await.unwrap();
+    (outcomes, s.round_trips() - before)
+}
+
+fn fenced_start(e: &str, version: u64, request: &str) -> Command {
+    Command::Transition(Transition {
+        ns: ns(),
+        entity_id: id(e),
+        ask: TransitionAsk {
+            name: Name::parse("t", "start".into()).unwrap(),
+            expect_version: Some(Version::parse("v", version).unwrap()),
+            set_fields: Fields::new(),
+            clear_fields: vec![],
+            events: vec![],
+            final_event: FinalEvent::default(),
+        },
+        fence: Some(Fence {
+            key: key("orchestrator"),
+            token: tok(1),
+        }),
+        request_id: Some(RequestId::parse("r", request.into()).unwrap()),
+    })
+}
+
+/// The write path's price: a Transition carrying a fence, a request id and an expected
+/// version costs two round trips — and a batch of 32 of them costs two in all.
+async fn a_batch_costs_two_round_trips(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let t = now(&*s).await;
+    define(&*s, &task_machine(1, t)).await;
+    let mut w = with_lease(lease_row(
+        "orchestrator",
+        Some("o"),
+        1,
+        t.plus(Duration::from_secs(3600)),
+    ));
+    for i in 0..32 {
+        w.entities
+            .insert((ns(), id(&format!("e{i}"))), (entity(&format!("e{i}"), None, t), true));
+    }
+    write(&*s, w).await.unwrap();
+    let (one, cost) = run_batch(&*s, &[fenced_start("e0", 1, "r0")]).await;
+    assert!(matches!(&one[0], Ok(Outcome::Transition(o)) if o.applied), "{one:?}");
+    assert_eq!(cost, 2, "one call");
+    let many: Vec<Command> = (1..32)
+        .map(|i| fenced_start(&format!("e{i}"), 1, &format!("r{i}")))
+        .collect();
+    let (outcomes, cost) = run_batch(&*s, &many).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(Outcome::Transition(t)) if t.applied)),
+        "{outcomes:?}"
+    );
+    assert_eq!(cost, 2, "31 calls in one batch");
+    for i in 0..32 {
+        let e = s.entity(&ns(), &id(&format!("e{i}"))).await.unwrap().unwrap();
+        assert_eq!((e.state.as_str(), e.version.get(), e.last_seq.get()), ("running", 2, 1));
+    }
+    // Their outcomes are stored under their request ids, in the same commit (I10).
+    let rids = (0..32)
+        .map(|i| (ns(), RequestId::parse("r", format!("r{i}")).unwrap()))
+        .collect();
+    assert_eq!(
+        load(
+            &*s,
+            Reads {
+                requests: rids,
+                ..Reads::default()
+            }
+        )
+        .await
+        .requests
+        .len(),
+        32
+    );
 }
 
 both_backends!(
     lease_rows_keep_their_token_counter,
-    dropped_transactions_roll_back,
+    batches_are_atomic,
     entities_ids_and_dedup_keys_are_unique,
     events_read_back_in_seq_order_and_one_final,
     request_outcomes_are_recorded_and_purged,
@@ -409,7 +569,39 @@ both_backends!(
     commits_are_conditional_on_the_expected_machine,
     writers_of_one_key_serialize,
     clock_skew_is_store_time,
+    a_batch_costs_two_round_trips,
 );
+
+/// A key another replica's batch holds is not granted to a batch that only tries it (its
+/// commands wait for a later batch), while its other keys are; waiting, it is granted once
+/// the holder commits.
+async fn a_held_key_is_skipped_not_waited_for(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let a = store(&db, Clock::system()).await;
+    let b = store(&db, Clock::system()).await;
+    let held = Lock {
+        key: lock_key(&ns(), lock_space::ENTITY, "hot"),
+        shared: false,
+    };
+    let free = Lock {
+        key: lock_key(&ns(), lock_space::ENTITY, "cold"),
+        shared: false,
+    };
+    let (holder, _) = a.begin_batch(0, &[held], false, &Reads::default()).await.unwrap();
+    let (tx, loaded) = b.begin_batch(0, &[held, free], false, &Reads::default()).await.unwrap();
+    assert_eq!(loaded.granted, [false, true]);
+    tx.commit(&Writes::default()).await.unwrap();
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let (tx, loaded) = b.begin_batch(1, &[held], true, &Reads::default()).await.unwrap();
+            tx.commit(&Writes::default()).await.unwrap();
+            loaded.granted
+        }
+    });
+    holder.commit(&Writes::default()).await.unwrap();
+    assert_eq!(waiting.await.unwrap(), [true]);
+}
 
 /// Housekeeping runs on one replica at a time (Postgres: a session advisory lock on a
 /// dedicated connection); when that replica closes, another takes over.
@@ -425,4 +617,4 @@ async fn one_housekeeper_among_postgres_replicas(backend: Backend) {
     assert!(b.is_housekeeper().await.unwrap(), "another replica takes over");
 }
 
-both_backends!(postgres_only: one_housekeeper_among_postgres_replicas);
+both_backends!(postgres_only: a_held_key_is_skipped_not_waited_for, one_housekeeper_among_postgres_replicas);

@@ -7,6 +7,7 @@ mod cancellation;
 mod contract;
 mod entities;
 mod leases;
+mod pipeline;
 mod scenarios;
 mod server;
 mod tape;

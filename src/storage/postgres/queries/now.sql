@@ -1,0 +1,1 @@
+SELECT baton_now_us($1::int8)

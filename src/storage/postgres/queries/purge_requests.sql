@@ -1,0 +1,1 @@
+DELETE FROM requests WHERE created_at_us < $1

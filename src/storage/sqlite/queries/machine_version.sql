@@ -1,0 +1,1 @@
+SELECT version FROM machines WHERE namespace = $1 AND kind = $2
