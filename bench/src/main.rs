@@ -108,6 +108,7 @@ enum ScenarioArg {
     LeaseCycle,
     Transition,
     TransitionHot,
+    FencedTransition,
     Append,
     StreamFanout,
 }
@@ -119,15 +120,17 @@ pub enum Scenario {
     LeaseCycle,
     Transition,
     TransitionHot,
+    FencedTransition,
     Append,
     StreamFanout,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::LeaseCycle,
         Scenario::Transition,
         Scenario::TransitionHot,
+        Scenario::FencedTransition,
         Scenario::Append,
         Scenario::StreamFanout,
     ];
@@ -138,6 +141,7 @@ impl Scenario {
             Scenario::LeaseCycle => "lease-cycle",
             Scenario::Transition => "transition",
             Scenario::TransitionHot => "transition-hot",
+            Scenario::FencedTransition => "fenced-transition",
             Scenario::Append => "append",
             Scenario::StreamFanout => "stream-fanout",
         }
@@ -157,9 +161,18 @@ impl Scenario {
             Scenario::LeaseCycle => "k",
             Scenario::Transition => "t",
             Scenario::TransitionHot => "hot",
+            Scenario::FencedTransition => "f",
             Scenario::Append => "a",
             Scenario::StreamFanout => "fan",
         }
+    }
+
+    /// Whether the scenario works on entities created at setup.
+    fn has_entities(self) -> bool {
+        matches!(
+            self,
+            Scenario::Transition | Scenario::TransitionHot | Scenario::FencedTransition | Scenario::Append
+        )
     }
 }
 
@@ -300,6 +313,7 @@ impl ScenarioArg {
             ScenarioArg::LeaseCycle => Scenario::LeaseCycle,
             ScenarioArg::Transition => Scenario::Transition,
             ScenarioArg::TransitionHot => Scenario::TransitionHot,
+            ScenarioArg::FencedTransition => Scenario::FencedTransition,
             ScenarioArg::Append => Scenario::Append,
             ScenarioArg::StreamFanout => Scenario::StreamFanout,
         };

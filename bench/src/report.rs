@@ -61,14 +61,14 @@ pub fn table(results: &Results, plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<15} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:<12} checks",
+        "{:<17} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:<12} checks",
         "scenario", "clients", "system", "ops/s", "ok/s", "p50", "p99", "p99.9", "baton/x", "errors"
     );
     for c in &results.cells {
         if let Some(why) = &c.skipped {
             let _ = writeln!(
                 out,
-                "{:<15} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:<12} — ({why})",
+                "{:<17} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:<12} — ({why})",
                 c.scenario.name(),
                 c.clients,
                 c.system.name(),
@@ -85,7 +85,7 @@ pub fn table(results: &Results, plan: &Plan) -> String {
         let q = c.stats.latency.summary();
         let _ = writeln!(
             out,
-            "{:<15} {:>7} {:<9} {:>10.0} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:<12} {}",
+            "{:<17} {:>7} {:<9} {:>10.0} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:<12} {}",
             c.scenario.name(),
             c.clients,
             c.system.name(),
@@ -102,7 +102,7 @@ pub fn table(results: &Results, plan: &Plan) -> String {
             let q = f.latency.summary();
             let _ = writeln!(
                 out,
-                "{:<15} {:>7} {:<9} fan-out: {} subscribers, {:.0} deliveries/s, append-to-delivery p50 {} p99 {}, {}/{} got every event",
+                "{:<17} {:>7} {:<9} fan-out: {} subscribers, {:.0} deliveries/s, append-to-delivery p50 {} p99 {}, {}/{} got every event",
                 "",
                 "",
                 "",

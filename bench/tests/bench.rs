@@ -62,22 +62,34 @@ fn cells<'a>(doc: &'a Value, system: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+const SCENARIOS: [&str; 6] = [
+    "lease-cycle",
+    "transition",
+    "transition-hot",
+    "fenced-transition",
+    "append",
+    "stream-fanout",
+];
+
 /// Every scenario ran on the spawned server, did work, and passed its checks: leases all
-/// released with tokens matching grants, versions and seqs matching successes, a gapless hot
-/// tape, every subscriber got every event and one `final`; the idle-stream figure is there.
+/// released with tokens matching grants, versions and seqs matching successes, gapless
+/// tapes (hot entity, every fenced entity touched), every subscriber got every event and one
+/// `final`; the idle-stream figure is there.
 async fn bench_runs_every_scenario_with_checks(backend: Backend) {
     let db = TempDatabase::new(backend).await.unwrap();
     let spawn = backend.to_string();
     let out = bench(args(&["--spawn", &spawn, "--database-url", db.url()])).await;
     let doc = passed(&out);
     let baton = cells(&doc, "baton");
-    for scenario in ["lease-cycle", "transition", "transition-hot", "append", "stream-fanout"] {
+    assert_eq!(baton.len(), SCENARIOS.len(), "{doc:#}");
+    for scenario in SCENARIOS {
         let cell = baton
             .iter()
             .find(|c| c["scenario"] == scenario)
             .unwrap_or_else(|| panic!("no {scenario} cell: {doc:#}"));
         assert_eq!(cell["checks"], "ok", "{cell:#}");
         assert!(cell["successes"].as_u64().unwrap() > 0, "{cell:#}");
+        assert_eq!(cell["errors"], serde_json::json!({}), "{cell:#}");
     }
     let fan = &baton.iter().find(|c| c["scenario"] == "stream-fanout").unwrap()["fanout"];
     assert_eq!(fan["complete_subscribers"], 20, "{fan:#}");
@@ -111,12 +123,12 @@ async fn postgres_baseline_runs_beside_baton() {
         "--baseline-pg-url",
         baseline.url(),
         "--scenario",
-        "lease-cycle,transition,transition-hot,append,stream-fanout",
+        &SCENARIOS.join(","),
     ]))
     .await;
     let doc = passed(&out);
     let pg = cells(&doc, "postgres");
-    assert_eq!(pg.len(), 5, "{doc:#}");
+    assert_eq!(pg.len(), SCENARIOS.len(), "{doc:#}");
     for cell in pg {
         if cell["scenario"] == "stream-fanout" {
             assert!(cell["skipped"].is_string(), "{cell:#}");
@@ -124,6 +136,7 @@ async fn postgres_baseline_runs_beside_baton() {
         }
         assert_eq!(cell["checks"], "ok", "{cell:#}");
         assert!(cell["successes"].as_u64().unwrap() > 0, "{cell:#}");
+        assert_eq!(cell["errors"], serde_json::json!({}), "{cell:#}");
         assert!(cell["baton_over_this"].as_f64().unwrap() > 0.0, "{cell:#}");
     }
 }
