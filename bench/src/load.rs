@@ -19,6 +19,12 @@ pub trait Worker: Send + 'static {
     fn tally(&self) -> Option<&Tally> {
         None
     }
+
+    /// Calls this worker has sent to the server, warm-up and the call in flight at the end
+    /// of the window included (what the server's own counters saw); `None`: not counted.
+    fn calls(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// How long to warm up (not counted) and then measure.
@@ -44,6 +50,12 @@ impl<W: Worker> Run<W> {
         }
         cumulative.merge(&cell);
         (cell, cumulative.clone())
+    }
+
+    /// Every call the workers sent, warm-up and tail included; `None` unless every worker
+    /// counts its calls.
+    pub fn calls(&self) -> Option<u64> {
+        self.workers.iter().map(Worker::calls).sum()
     }
 }
 
@@ -298,6 +310,10 @@ mod tests {
         fn tally(&self) -> Option<&Tally> {
             Some(&self.1)
         }
+
+        fn calls(&self) -> Option<u64> {
+            Some(self.0)
+        }
     }
 
     #[tokio::test]
@@ -310,6 +326,7 @@ mod tests {
             .await
             .unwrap();
         let done: u64 = run.workers.iter().map(|w| w.0).sum();
+        assert_eq!(run.calls(), Some(done));
         assert!(run.stats.successes > 0);
         assert!(done > run.stats.successes, "warm-up ops are done but not counted");
     }

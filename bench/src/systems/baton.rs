@@ -4,6 +4,7 @@
 use crate::checks::{CHECK_CONCURRENCY, Findings, gapless};
 use crate::fanout::{self, Ready, Seen, Window};
 use crate::load::{self, FENCE_HOLDER, FENCE_TTL, FenceLeases, Run, Tally, Worker, drive};
+use crate::metrics::{Counters, Endpoint};
 use crate::server::rss_kib;
 use crate::stats::Outcome;
 use crate::{Cell, IdleStreams, Plan, Scenario, System};
@@ -34,6 +35,10 @@ pub struct Baton {
     fanouts: u32,
     /// The fenced-transition entities' leases and versions, when that scenario runs.
     fence: Option<Fence>,
+    /// The server's metrics, read around every cell.
+    metrics: Option<Endpoint>,
+    /// What went wrong reading them, for the report's notes.
+    notes: Vec<String>,
 }
 
 /// What fenced-transition clients start a cell from: one lease per entity, held by
@@ -155,8 +160,8 @@ fn event(payload: Vec<u8>) -> proto::EventInput {
 impl Baton {
     /// Connects, defines the bench machine in a fresh namespace and creates the entities
     /// of the selected scenarios, and fenced-transition's leases (concurrently, before any
-    /// timing).
-    pub async fn setup(url: &str, plan: &Plan) -> Result<Self, String> {
+    /// timing). `metrics`, when given, is read before and after every cell.
+    pub async fn setup(url: &str, plan: &Plan, metrics: Option<Endpoint>) -> Result<Self, String> {
         let admin = connect_many(url, 4).await?;
         let ns: Arc<str> = format!("bench-{}", uuid::Uuid::now_v7().simple()).into();
         admin[0]
@@ -174,6 +179,8 @@ impl Baton {
             tallies: HashMap::new(),
             fanouts: 0,
             fence: None,
+            metrics,
+            notes: vec![],
         };
         for &s in &plan.scenarios {
             if s.has_entities() {
@@ -260,7 +267,9 @@ impl Baton {
         Ok(())
     }
 
-    /// Drives `workers` for `plan.timing`; the run and its measured cell.
+    /// Drives `workers` for `plan.timing`, reading the server's counters right before the
+    /// first call and right after the last answer (before any check reads); the measured
+    /// cell carries the calls made and the server's counts.
     async fn measure<W: Worker>(
         &mut self,
         scenario: Scenario,
@@ -268,9 +277,37 @@ impl Baton {
         workers: Vec<W>,
         plan: &Plan,
     ) -> Result<(Run<W>, Cell), String> {
+        let before = self.scrape(scenario, clients).await;
         let run = drive(workers, plan.timing).await?;
-        let cell = Cell::measured(scenario, clients, System::Baton, plan, run.stats.clone());
-        Ok((run, cell))
+        Ok(self.counted_cell(scenario, clients, plan, before, run).await)
+    }
+
+    /// The measured cell of `run`, with the calls made and the server's counts since
+    /// `before`, read now.
+    async fn counted_cell<W: Worker>(
+        &mut self,
+        scenario: Scenario,
+        clients: u32,
+        plan: &Plan,
+        before: Option<Counters>,
+        run: Run<W>,
+    ) -> (Run<W>, Cell) {
+        let after = self.scrape(scenario, clients).await;
+        let mut cell = Cell::measured(scenario, clients, System::Baton, plan, run.stats.clone());
+        cell.calls = run.calls();
+        cell.server = before.zip(after).map(|(b, a)| a.since(&b));
+        (run, cell)
+    }
+
+    async fn scrape(&mut self, scenario: Scenario, clients: u32) -> Option<Counters> {
+        match self.metrics.as_ref()?.scrape().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.notes
+                    .push(format!("{} with {clients} client(s): {e}", scenario.name()));
+                None
+            }
+        }
     }
 
     fn client(&self, i: usize) -> Client {
@@ -317,6 +354,7 @@ impl Baton {
                 keys: keys.clone(),
                 rng: fastrand::Rng::new(),
                 tally: Tally::new(keys.len()),
+                calls: 0,
             })
             .collect();
         let (run, mut cell) = self.measure(scenario, clients, workers, plan).await?;
@@ -371,6 +409,7 @@ impl Baton {
                 tally: Tally::new(ids.len()),
                 op,
                 payload: vec![b'x'; size],
+                calls: 0,
             })
             .collect();
         let (run, mut cell) = self.measure(scenario, clients, workers, plan).await?;
@@ -399,6 +438,7 @@ impl Baton {
     async fn fenced(&mut self, clients: u32, plan: &Plan) -> Result<Cell, String> {
         let scenario = Scenario::FencedTransition;
         let fence = self.fence.as_ref().ok_or("fenced-transition was not set up")?;
+        // Renewals happen here, before the first scrape, so they are not in the cell's counts.
         if fence.leases.renew_before(plan.timing)? {
             self.renew_fences(plan).await?;
         }
@@ -416,6 +456,7 @@ impl Baton {
                 rng: fastrand::Rng::new(),
                 tally: Tally::new(ids.len()),
                 payload: vec![b'x'; TRANSITION_PAYLOAD],
+                calls: 0,
             })
             .collect();
         let (run, mut cell) = self.measure(scenario, clients, workers, plan).await?;
@@ -535,10 +576,12 @@ impl Baton {
             c: self.client(0),
             ns: self.ns.clone(),
             id: id.clone(),
+            calls: 0,
         };
+        let before = self.scrape(Scenario::StreamFanout, 1).await;
         window.open(plan.timing);
         let run = drive(vec![writer], plan.timing).await?;
-        let mut cell = Cell::measured(Scenario::StreamFanout, 1, System::Baton, plan, run.stats);
+        let (_, mut cell) = self.counted_cell(Scenario::StreamFanout, 1, plan, before, run).await;
         let finished = self
             .client(0)
             .transition(proto::TransitionRequest {
@@ -595,8 +638,10 @@ impl Baton {
         })
     }
 
-    /// Nothing to tear down: the namespace stays for inspection.
-    pub async fn close(self) {}
+    /// Nothing to tear down: the namespace stays for inspection. Returns the notes.
+    pub async fn close(self) -> Vec<String> {
+        self.notes
+    }
 }
 
 /// One lease-cycle client: acquire a random key as its own holder, release it.
@@ -608,12 +653,14 @@ struct LeaseWorker {
     rng: fastrand::Rng,
     /// Grants per key.
     tally: Tally,
+    calls: u64,
 }
 
 impl Worker for LeaseWorker {
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
             let i = self.rng.usize(..self.keys.len());
+            self.calls += 1;
             let acquired = self
                 .c
                 .acquire_lease(proto::AcquireLeaseRequest {
@@ -631,6 +678,7 @@ impl Worker for LeaseWorker {
                 Ok(r) => r.lease.unwrap_or_default(),
             };
             self.tally.add(i);
+            self.calls += 1;
             let released = self
                 .c
                 .release_lease(proto::ReleaseLeaseRequest {
@@ -650,6 +698,10 @@ impl Worker for LeaseWorker {
 
     fn tally(&self) -> Option<&Tally> {
         Some(&self.tally)
+    }
+
+    fn calls(&self) -> Option<u64> {
+        Some(self.calls)
     }
 }
 
@@ -671,12 +723,14 @@ struct EntityWorker {
     tally: Tally,
     op: EntityOp,
     payload: Vec<u8>,
+    calls: u64,
 }
 
 impl Worker for EntityWorker {
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
             let i = self.rng.usize(..self.ids.len());
+            self.calls += 1;
             let (namespace, entity_id) = (self.ns.to_string(), self.ids[i].clone());
             let events = vec![event(self.payload.clone())];
             let applied = match self.op {
@@ -710,6 +764,10 @@ impl Worker for EntityWorker {
     fn tally(&self) -> Option<&Tally> {
         Some(&self.tally)
     }
+
+    fn calls(&self) -> Option<u64> {
+        Some(self.calls)
+    }
 }
 
 /// One fenced-transition client, as an orchestrator calls: `tick` with the entity's lease
@@ -727,12 +785,14 @@ struct FencedWorker {
     /// Applied calls per entity.
     tally: Tally,
     payload: Vec<u8>,
+    calls: u64,
 }
 
 impl Worker for FencedWorker {
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
             let i = self.rng.usize(..self.ids.len());
+            self.calls += 1;
             let r = self
                 .c
                 .transition(proto::TransitionRequest {
@@ -770,6 +830,10 @@ impl Worker for FencedWorker {
     fn tally(&self) -> Option<&Tally> {
         Some(&self.tally)
     }
+
+    fn calls(&self) -> Option<u64> {
+        Some(self.calls)
+    }
 }
 
 /// The one fan-out writer: appends one stamped event per call, as fast as it can.
@@ -777,11 +841,17 @@ struct FanWriter {
     c: Client,
     ns: Arc<str>,
     id: String,
+    calls: u64,
 }
 
 impl Worker for FanWriter {
+    fn calls(&self) -> Option<u64> {
+        Some(self.calls)
+    }
+
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
+            self.calls += 1;
             let r = self
                 .c
                 .append_events(proto::AppendEventsRequest {
