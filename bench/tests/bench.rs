@@ -314,6 +314,8 @@ async fn bad_flags_are_refused_clearly() {
         vec!["--duration", "0s"],
         vec!["--scenario", "nope"],
         vec!["--spawn", "sqlite", "--target", "http://127.0.0.1:1"],
+        vec!["--spawn", "sqlite", "--metrics-url", "http://127.0.0.1:1/metrics"],
+        vec!["--metrics-url", "https://127.0.0.1:1/metrics"],
     ] {
         let out = bench(bad.iter().map(|s| s.to_string()).collect()).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
