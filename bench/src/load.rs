@@ -19,6 +19,12 @@ pub trait Worker: Send + 'static {
     fn tally(&self) -> Option<&Tally> {
         None
     }
+
+    /// Calls this worker has sent to the server, warm-up and the call in flight at the end
+    /// of the window included (what the server's own counters saw); `None`: not counted.
+    fn calls(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// How long to warm up (not counted) and then measure.
@@ -45,6 +51,72 @@ impl<W: Worker> Run<W> {
         cumulative.merge(&cell);
         (cell, cumulative.clone())
     }
+
+    /// Every call the workers sent, warm-up and tail included; `None` unless every worker
+    /// counts its calls.
+    pub fn calls(&self) -> Option<u64> {
+        self.workers.iter().map(Worker::calls).sum()
+    }
+}
+
+/// The newest version of each entity any of `known` saw (element-wise maximum): what the
+/// next cell's clients start from.
+pub fn newest<'a>(known: impl IntoIterator<Item = &'a [u64]>) -> Vec<u64> {
+    let mut out: Vec<u64> = vec![];
+    for k in known {
+        if out.len() < k.len() {
+            out.resize(k.len(), 0);
+        }
+        for (a, b) in out.iter_mut().zip(k) {
+            *a = (*a).max(*b);
+        }
+    }
+    out
+}
+
+/// The long leases of `fenced-transition`, granted once at setup: when they were asked for,
+/// so a cell that would outlast them renews them first.
+#[derive(Debug, Clone, Copy)]
+pub struct FenceLeases {
+    /// Taken before the grants were asked for, so `asked + FENCE_TTL` is never later than
+    /// the server's expiry.
+    asked: Instant,
+}
+
+/// TTL of the fenced-transition leases: the longest the server grants.
+pub const FENCE_TTL: Duration = Duration::from_secs(3600);
+/// Holder of every fenced-transition lease: one holder per entity, shared by the clients.
+pub const FENCE_HOLDER: &str = "bench";
+/// Room left after a cell (its checks, a slow shutdown) before a fence lease may expire.
+const FENCE_MARGIN: Duration = Duration::from_secs(120);
+
+impl FenceLeases {
+    /// Call right before asking for (or renewing) the leases.
+    pub fn asking() -> Self {
+        Self { asked: Instant::now() }
+    }
+
+    /// Whether the leases must be renewed before a cell of `timing`; an error when even a
+    /// fresh lease would expire inside the cell.
+    pub fn renew_before(&self, timing: Timing) -> Result<bool, String> {
+        self.renew_at(Instant::now(), timing)
+    }
+
+    fn renew_at(&self, now: Instant, timing: Timing) -> Result<bool, String> {
+        let needed = timing.warmup + timing.duration + FENCE_MARGIN;
+        if needed > FENCE_TTL {
+            return Err(format!(
+                "fenced-transition cells must end within {FENCE_TTL:?} of a lease renewal \
+                 (warm-up + duration + {FENCE_MARGIN:?} of margin); use a shorter --duration"
+            ));
+        }
+        Ok(now + needed > self.asked + FENCE_TTL)
+    }
+}
+
+/// A fresh request id, as an orchestrator sends with every mutating call.
+pub fn request_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 /// The outcome of an operation that succeeded (`Ok(true)`, tallied on key `i`), was
@@ -189,6 +261,30 @@ mod tests {
     }
 
     #[test]
+    fn newest_takes_each_entitys_highest_version() {
+        let (a, b) = (vec![1, 5, 2], vec![3, 4]);
+        assert_eq!(newest([a.as_slice(), b.as_slice()]), vec![3, 5, 2]);
+        assert_eq!(newest(std::iter::empty::<&[u64]>()), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn fence_leases_are_renewed_only_when_a_cell_would_outlast_them() {
+        let short = Timing {
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(10),
+        };
+        let leases = FenceLeases::asking();
+        assert_eq!(leases.renew_before(short), Ok(false));
+        let later = leases.asked + Duration::from_secs(3500);
+        assert_eq!(leases.renew_at(later, short), Ok(true));
+        let too_long = Timing {
+            warmup: Duration::ZERO,
+            duration: FENCE_TTL,
+        };
+        assert!(FenceLeases::asking().renew_before(too_long).is_err());
+    }
+
+    #[test]
     fn tallied_counts_only_successes() {
         let mut t = Tally::new(2);
         let kind = |e: &&str| e.to_string();
@@ -214,6 +310,10 @@ mod tests {
         fn tally(&self) -> Option<&Tally> {
             Some(&self.1)
         }
+
+        fn calls(&self) -> Option<u64> {
+            Some(self.0)
+        }
     }
 
     #[tokio::test]
@@ -226,6 +326,7 @@ mod tests {
             .await
             .unwrap();
         let done: u64 = run.workers.iter().map(|w| w.0).sum();
+        assert_eq!(run.calls(), Some(done));
         assert!(run.stats.successes > 0);
         assert!(done > run.stats.successes, "warm-up ops are done but not counted");
     }

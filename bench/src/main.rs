@@ -5,6 +5,7 @@
 mod checks;
 mod fanout;
 mod load;
+mod metrics;
 mod report;
 mod server;
 mod stats;
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// Pid of the --target server, for the idle-stream memory figure (read from /proc).
     #[arg(long, env = "BATON_BENCH_SERVER_PID", conflicts_with = "spawn")]
     server_pid: Option<u32>,
+    /// The --target server's admin metrics (`http://HOST:PORT/metrics`, from its
+    /// `--admin-listen`), for round trips per call and batch sizes.
+    #[arg(long, env = "BATON_BENCH_METRICS_URL", conflicts_with = "spawn", value_parser = metrics::Endpoint::parse)]
+    metrics_url: Option<metrics::Endpoint>,
     /// Scenarios to run (repeatable or comma-separated).
     #[arg(
         long = "scenario",
@@ -108,6 +113,7 @@ enum ScenarioArg {
     LeaseCycle,
     Transition,
     TransitionHot,
+    FencedTransition,
     Append,
     StreamFanout,
 }
@@ -119,15 +125,17 @@ pub enum Scenario {
     LeaseCycle,
     Transition,
     TransitionHot,
+    FencedTransition,
     Append,
     StreamFanout,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::LeaseCycle,
         Scenario::Transition,
         Scenario::TransitionHot,
+        Scenario::FencedTransition,
         Scenario::Append,
         Scenario::StreamFanout,
     ];
@@ -138,6 +146,7 @@ impl Scenario {
             Scenario::LeaseCycle => "lease-cycle",
             Scenario::Transition => "transition",
             Scenario::TransitionHot => "transition-hot",
+            Scenario::FencedTransition => "fenced-transition",
             Scenario::Append => "append",
             Scenario::StreamFanout => "stream-fanout",
         }
@@ -157,9 +166,18 @@ impl Scenario {
             Scenario::LeaseCycle => "k",
             Scenario::Transition => "t",
             Scenario::TransitionHot => "hot",
+            Scenario::FencedTransition => "f",
             Scenario::Append => "a",
             Scenario::StreamFanout => "fan",
         }
+    }
+
+    /// Whether the scenario works on entities created at setup.
+    fn has_entities(self) -> bool {
+        matches!(
+            self,
+            Scenario::Transition | Scenario::TransitionHot | Scenario::FencedTransition | Scenario::Append
+        )
     }
 }
 
@@ -213,6 +231,10 @@ pub struct Cell {
     pub fanout: Option<Fanout>,
     /// Why the cell was not measured (the row shows "—").
     pub skipped: Option<String>,
+    /// Calls the bench sent in the cell, warm-up and the tail included (baton cells).
+    pub calls: Option<u64>,
+    /// The server's own write-path counts over the cell, when its metrics were readable.
+    pub server: Option<metrics::ServerCounts>,
 }
 
 impl Cell {
@@ -226,6 +248,8 @@ impl Cell {
             failures: vec![],
             fanout: None,
             skipped: None,
+            calls: None,
+            server: None,
         }
     }
 
@@ -270,6 +294,8 @@ pub struct Results {
     pub idle: Result<IdleStreams, String>,
     /// Systems that were asked for but could not be measured, with why.
     pub notes: Vec<String>,
+    /// The metrics URL the baton cells were scraped at, or why they were not.
+    pub metrics: Result<String, String>,
 }
 
 /// Runs the bench; exit 0 when every check passed, 1 otherwise or on a setup error.
@@ -300,6 +326,7 @@ impl ScenarioArg {
             ScenarioArg::LeaseCycle => Scenario::LeaseCycle,
             ScenarioArg::Transition => Scenario::Transition,
             ScenarioArg::TransitionHot => Scenario::TransitionHot,
+            ScenarioArg::FencedTransition => Scenario::FencedTransition,
             ScenarioArg::Append => Scenario::Append,
             ScenarioArg::StreamFanout => Scenario::StreamFanout,
         };
@@ -360,10 +387,13 @@ async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         (None, None) => "http://127.0.0.1:50051".into(),
     };
     let server_pid = server.as_ref().map(|s| s.pid()).or(args.server_pid);
-    #[allow(unused_mut)] // only the etcd baseline adds notes
     let mut notes = vec![];
+    let metrics = metrics_endpoint(server.as_ref(), args.metrics_url.clone()).await;
+    if let Err(e) = &metrics {
+        notes.push(format!("round trips per call and batch sizes not measured: {e}"));
+    }
 
-    let mut baton = systems::baton::Baton::setup(&target, &plan)
+    let mut baton = systems::baton::Baton::setup(&target, &plan, metrics.clone().ok())
         .await
         .map_err(|e| format!("baton at {target}: {e}"))?;
     let mut pg = if wants(BaselineArg::Postgres) {
@@ -423,7 +453,7 @@ async fn run(args: BenchArgs) -> Result<ExitCode, String> {
     } else {
         Err("not measured (stream-fanout not selected or --idle-streams 0)".into())
     };
-    baton.close().await;
+    notes.extend(baton.close().await);
     if let Some(pg) = pg {
         pg.close().await;
     }
@@ -431,7 +461,12 @@ async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         s.stop();
     }
 
-    let results = Results { cells, idle, notes };
+    let results = Results {
+        cells,
+        idle,
+        notes,
+        metrics: metrics.map(|m| m.url()),
+    };
     let ok = results.cells.iter().all(|c| c.failures.is_empty());
     if args.json {
         println!("{}", report::json(&results, &target, &plan));
@@ -439,6 +474,21 @@ async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         print!("{}", report::table(&results, &plan));
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The server's metrics endpoint, checked with one scrape: the spawned server's admin
+/// address, or `--metrics-url`; why there is none otherwise.
+async fn metrics_endpoint(
+    server: Option<&server::Spawned>,
+    url: Option<metrics::Endpoint>,
+) -> Result<metrics::Endpoint, String> {
+    let endpoint = match (server, url) {
+        (Some(s), _) => metrics::Endpoint::parse(&format!("http://{}/metrics", s.admin_addr()?))?,
+        (None, Some(url)) => url,
+        (None, None) => return Err("no --metrics-url for the --target server".into()),
+    };
+    endpoint.scrape().await?;
+    Ok(endpoint)
 }
 
 /// One line on stderr per cell, so a long run shows where it is.

@@ -35,6 +35,21 @@ fn errors(cell: &Cell) -> String {
         .join(",")
 }
 
+/// Database round trips per call the bench made (server-counted), when known.
+fn round_trips_per_call(cell: &Cell) -> Option<f64> {
+    cell.server?.round_trips_per_call(cell.calls?)
+}
+
+/// Commands per write batch (server-counted), when known.
+fn mean_batch_size(cell: &Cell) -> Option<f64> {
+    cell.server?.mean_batch_size()
+}
+
+/// A server-counted figure, or "—" when there is none.
+fn figure(x: Option<f64>) -> String {
+    x.map_or("—".into(), |x| format!("{x:.2}"))
+}
+
 fn successes_per_s(cell: &Cell) -> f64 {
     rate(cell.stats.successes, cell.window)
 }
@@ -61,17 +76,30 @@ pub fn table(results: &Results, plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<15} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:<12} checks",
-        "scenario", "clients", "system", "ops/s", "ok/s", "p50", "p99", "p99.9", "baton/x", "errors"
+        "{:<17} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:<12} checks",
+        "scenario",
+        "clients",
+        "system",
+        "ops/s",
+        "ok/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "baton/x",
+        "rt/call",
+        "batch",
+        "errors"
     );
     for c in &results.cells {
         if let Some(why) = &c.skipped {
             let _ = writeln!(
                 out,
-                "{:<15} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:<12} — ({why})",
+                "{:<17} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:<12} — ({why})",
                 c.scenario.name(),
                 c.clients,
                 c.system.name(),
+                "—",
+                "—",
                 "—",
                 "—",
                 "—",
@@ -85,7 +113,7 @@ pub fn table(results: &Results, plan: &Plan) -> String {
         let q = c.stats.latency.summary();
         let _ = writeln!(
             out,
-            "{:<15} {:>7} {:<9} {:>10.0} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:<12} {}",
+            "{:<17} {:>7} {:<9} {:>10.0} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:<12} {}",
             c.scenario.name(),
             c.clients,
             c.system.name(),
@@ -95,6 +123,8 @@ pub fn table(results: &Results, plan: &Plan) -> String {
             dur(q.p99),
             dur(q.p999),
             ratio(results, c).map_or("".into(), |r| format!("{r:.2}x")),
+            figure(round_trips_per_call(c)),
+            figure(mean_batch_size(c)),
             errors(c),
             checks(c)
         );
@@ -102,7 +132,7 @@ pub fn table(results: &Results, plan: &Plan) -> String {
             let q = f.latency.summary();
             let _ = writeln!(
                 out,
-                "{:<15} {:>7} {:<9} fan-out: {} subscribers, {:.0} deliveries/s, append-to-delivery p50 {} p99 {}, {}/{} got every event",
+                "{:<17} {:>7} {:<9} fan-out: {} subscribers, {:.0} deliveries/s, append-to-delivery p50 {} p99 {}, {}/{} got every event",
                 "",
                 "",
                 "",
@@ -125,6 +155,18 @@ pub fn table(results: &Results, plan: &Plan) -> String {
         }
         Err(e) => {
             let _ = writeln!(out, "idle streams: {e}");
+        }
+    }
+    match &results.metrics {
+        Ok(url) => {
+            let _ = writeln!(
+                out,
+                "rt/call: the server's database round trips over every call the bench sent in the cell \
+                 (warm-up included); batch: commands per write batch; read at {url}"
+            );
+        }
+        Err(_) => {
+            let _ = writeln!(out, "rt/call, batch: — (no server metrics, see the notes)");
         }
     }
     for n in &results.notes {
@@ -166,6 +208,10 @@ fn cell_json(results: &Results, c: &Cell) -> Value {
         "errors": c.stats.errors,
         "checks": if c.failures.is_empty() { json!("ok") } else { json!(c.failures) },
         "baton_over_this": ratio(results, c),
+        "calls": c.calls,
+        "server": c.server,
+        "round_trips_per_call": round_trips_per_call(c),
+        "mean_batch_size": mean_batch_size(c),
         "fanout": fanout,
     })
 }
@@ -182,6 +228,10 @@ pub fn json(results: &Results, target: &str, plan: &Plan) -> Value {
             Ok(i) => json!(i),
             Err(e) => json!({ "error": e }),
         },
+        "server_metrics": match &results.metrics {
+            Ok(url) => json!({ "url": url }),
+            Err(e) => json!({ "error": e }),
+        },
         "notes": results.notes,
         "checks_ok": results.cells.iter().all(|c| c.failures.is_empty()),
     })
@@ -190,6 +240,13 @@ pub fn json(results: &Results, target: &str, plan: &Plan) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_figures_are_a_dash_when_unknown() {
+        assert_eq!(figure(None), "—");
+        assert_eq!(figure(Some(2.0)), "2.00");
+        assert_eq!(figure(Some(1.0 / 3.0)), "0.33");
+    }
 
     #[test]
     fn latencies_read_in_their_unit() {

@@ -1,21 +1,31 @@
-//! A `baton serve` child for `--spawn` (started through `baton::process`), and a server's
-//! resident memory from /proc.
+//! A `baton serve` child for `--spawn` (started through `baton::process`), its admin
+//! (metrics) address, and a server's resident memory from /proc.
 
 use crate::DEFAULT_PG_URL;
 use baton::Backend;
 use baton::process::{self, ServeProcess};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// How long after "baton serving" the "admin serving" line may take to show up. Both
+/// listeners are bound at start-up, so it is there at once or never.
+const ADMIN_LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A spawned server, with the temporary directory holding its SQLite file; killed on drop.
 pub struct Spawned {
     process: ServeProcess,
+    /// The admin listener (`GET /metrics`), or why there is none.
+    admin: Result<SocketAddr, String>,
     /// Holds the SQLite file of a spawned sqlite server until the end.
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Spawned {
     /// Starts `baton serve` (the `baton` executable beside this one, or `bin`) on
-    /// 127.0.0.1:0 and waits for the address it logs.
+    /// 127.0.0.1:0 and waits for the address it logs; with `--admin-listen 127.0.0.1:0` too
+    /// when this `baton` has that flag, and then for the admin address it logs.
     pub async fn start(
         bin: Option<PathBuf>,
         backend: Backend,
@@ -35,16 +45,40 @@ impl Spawned {
             None => process::sibling_binary()?,
         };
         let pool = pool_size.map(|n| n.to_string());
-        let process = tokio::task::spawn_blocking(move || {
+        let (process, admin) = tokio::task::spawn_blocking(move || {
+            let has_admin = has_admin_flag(&bin)?;
             let mut extra = vec!["--log-level", "info"];
             if let Some(n) = &pool {
                 extra.extend(["--pool-size", n.as_str()]);
             }
-            ServeProcess::spawn(&bin, &url, &extra)
+            if has_admin {
+                extra.extend(["--admin-listen", "127.0.0.1:0"]);
+            }
+            let process = ServeProcess::spawn(&bin, &url, &extra)?;
+            let admin = if has_admin {
+                // `spawn` returned at "baton serving"; the admin line comes after it, or was
+                // logged before it and consumed by `spawn`, which keeps no earlier line.
+                process
+                    .wait_for_log(ADMIN_LOG_TIMEOUT, |l| admin_addr(l).is_some())
+                    .map_err(|e| format!("no \"admin serving\" log line after \"baton serving\": {e}"))
+                    .and_then(|l| admin_addr(&l).ok_or_else(|| "unreadable admin line".into()))
+            } else {
+                Err(format!("{} serve has no --admin-listen", bin.display()))
+            };
+            Ok::<_, String>((process, admin))
         })
         .await
         .map_err(|e| format!("waiting for the server: {e}"))??;
-        Ok(Self { process, _dir: dir })
+        Ok(Self {
+            process,
+            admin,
+            _dir: dir,
+        })
+    }
+
+    /// The admin listener's address, or why there is none.
+    pub fn admin_addr(&self) -> Result<SocketAddr, String> {
+        self.admin.clone()
     }
 
     /// The server's URL.
@@ -61,6 +95,32 @@ impl Spawned {
     pub fn stop(self) {
         // Drop does the work.
     }
+}
+
+/// Whether `bin serve` takes `--admin-listen` (a server from before the flag does not, and
+/// would refuse to start with it).
+fn has_admin_flag(bin: &Path) -> Result<bool, String> {
+    let out = Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .map_err(|e| format!("cannot run {} serve --help: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} serve --help failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).contains("--admin-listen"))
+}
+
+/// The address in a JSON "admin serving" log line.
+fn admin_addr(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["fields"]["message"] != "admin serving" {
+        return None;
+    }
+    v["fields"]["addr"].as_str()?.parse().ok()
 }
 
 /// Resident memory of a process in KiB (VmRSS of /proc/PID/status).
@@ -89,6 +149,15 @@ mod tests {
         let status = "Name:\tbaton\nVmPeak:\t  200 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
         assert_eq!(parse_vm_rss(status), Some(12345));
         assert_eq!(parse_vm_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn the_admin_line_gives_the_metrics_address() {
+        let line = r#"{"timestamp":"t","level":"INFO","fields":{"message":"admin serving","addr":"127.0.0.1:4243"}}"#;
+        assert_eq!(admin_addr(line), Some("127.0.0.1:4243".parse().unwrap()));
+        let serving = r#"{"fields":{"message":"baton serving","addr":"127.0.0.1:4242"}}"#;
+        assert_eq!(admin_addr(serving), None);
+        assert_eq!(admin_addr("not json"), None);
     }
 
     #[test]

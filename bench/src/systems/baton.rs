@@ -3,7 +3,8 @@
 
 use crate::checks::{CHECK_CONCURRENCY, Findings, gapless};
 use crate::fanout::{self, Ready, Seen, Window};
-use crate::load::{self, Tally, Worker, drive};
+use crate::load::{self, FENCE_HOLDER, FENCE_TTL, FenceLeases, Run, Tally, Worker, drive};
+use crate::metrics::{Counters, Endpoint};
 use crate::server::rss_kib;
 use crate::stats::Outcome;
 use crate::{Cell, IdleStreams, Plan, Scenario, System};
@@ -32,6 +33,21 @@ pub struct Baton {
     tallies: HashMap<Scenario, Tally>,
     /// Fan-out cells so far: each gets a fresh entity, sealed at its end.
     fanouts: u32,
+    /// The fenced-transition entities' leases and versions, when that scenario runs.
+    fence: Option<Fence>,
+    /// The server's metrics, read around every cell.
+    metrics: Option<Endpoint>,
+    /// What went wrong reading them, for the report's notes.
+    notes: Vec<String>,
+}
+
+/// What fenced-transition clients start a cell from: one lease per entity, held by
+/// [`FENCE_HOLDER`] since setup, and the newest version any client has seen per entity.
+struct Fence {
+    /// Token of entity `i`'s lease (its key is the entity id).
+    tokens: Arc<[u64]>,
+    leases: FenceLeases,
+    known: Vec<u64>,
 }
 
 async fn connect(url: &str) -> Result<Client, String> {
@@ -47,8 +63,66 @@ async fn connect_many(url: &str, n: usize) -> Result<Vec<Client>, String> {
     futures::future::try_join_all((0..n).map(|_| connect(url))).await
 }
 
+/// `google.rpc.Status`, as a status's binary details carry it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// `google.rpc.ErrorInfo`: baton's `reason` and `metadata` (e.g. the current `version`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ErrorInfo {
+    #[prost(string, tag = "1")]
+    reason: String,
+    #[prost(string, tag = "2")]
+    domain: String,
+    #[prost(map = "string, string", tag = "3")]
+    metadata: HashMap<String, String>,
+}
+
+const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+
+/// The first ErrorInfo in a status's details. Decoded here with prost (what
+/// `tonic_types::StatusExt` does) so the bench needs no further dependency.
+fn error_info(s: &tonic::Status) -> Option<ErrorInfo> {
+    use prost::Message;
+    let status = RpcStatus::decode(s.details()).ok()?;
+    let any = status.details.into_iter().find(|a| a.type_url == ERROR_INFO_TYPE)?;
+    ErrorInfo::decode(any.value.as_slice()).ok()
+}
+
+/// An error's kind: the gRPC code name, and the ErrorInfo reason when there is one
+/// (`FailedPrecondition:LEASE_LOST`).
 fn code(s: &tonic::Status) -> String {
-    format!("{:?}", s.code())
+    match error_info(s) {
+        Some(info) if !info.reason.is_empty() => format!("{:?}:{}", s.code(), info.reason),
+        _ => format!("{:?}", s.code()),
+    }
+}
+
+/// The entity's current version in an `ABORTED` / `VERSION_MISMATCH` answer (ErrorInfo
+/// metadata `version`).
+fn mismatch_version(s: &tonic::Status) -> Option<u64> {
+    if s.code() != tonic::Code::Aborted {
+        return None;
+    }
+    let info = error_info(s)?;
+    if info.reason != "VERSION_MISMATCH" {
+        return None;
+    }
+    info.metadata.get("version")?.parse().ok()
+}
+
+fn ttl(d: std::time::Duration) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: 0,
+    })
 }
 
 /// `prefix-0` … `prefix-(n-1)`.
@@ -85,8 +159,9 @@ fn event(payload: Vec<u8>) -> proto::EventInput {
 
 impl Baton {
     /// Connects, defines the bench machine in a fresh namespace and creates the entities
-    /// of the selected scenarios (concurrently, before any timing).
-    pub async fn setup(url: &str, plan: &Plan) -> Result<Self, String> {
+    /// of the selected scenarios, and fenced-transition's leases (concurrently, before any
+    /// timing). `metrics`, when given, is read before and after every cell.
+    pub async fn setup(url: &str, plan: &Plan, metrics: Option<Endpoint>) -> Result<Self, String> {
         let admin = connect_many(url, 4).await?;
         let ns: Arc<str> = format!("bench-{}", uuid::Uuid::now_v7().simple()).into();
         admin[0]
@@ -103,9 +178,12 @@ impl Baton {
             admin,
             tallies: HashMap::new(),
             fanouts: 0,
+            fence: None,
+            metrics,
+            notes: vec![],
         };
         for &s in &plan.scenarios {
-            if matches!(s, Scenario::Transition | Scenario::TransitionHot | Scenario::Append) {
+            if s.has_entities() {
                 let ids = ids(s, plan.keys);
                 let created = stream::iter(ids.iter().enumerate())
                     .map(|(i, id)| this.create(i, id))
@@ -114,9 +192,122 @@ impl Baton {
                     .await;
                 created.into_iter().collect::<Result<Vec<()>, String>>()?;
             }
+            if s == Scenario::FencedTransition {
+                let ids = ids(s, plan.keys);
+                let leases = FenceLeases::asking();
+                let tokens = stream::iter(ids.iter().enumerate())
+                    .map(|(i, id)| this.acquire_fence(i, id))
+                    .buffered(CHECK_CONCURRENCY)
+                    .collect::<Vec<_>>()
+                    .await;
+                this.fence = Some(Fence {
+                    tokens: tokens.into_iter().collect::<Result<_, String>>()?,
+                    leases,
+                    // Created at version 1; setup makes no transition.
+                    known: vec![1; ids.len()],
+                });
+            }
             this.tallies.insert(s, Tally::new(s.keys(plan.keys)));
         }
         Ok(this)
+    }
+
+    /// Leases entity `id` to [`FENCE_HOLDER`] for [`FENCE_TTL`]; its token.
+    async fn acquire_fence(&self, i: usize, id: &str) -> Result<u64, String> {
+        let r = self
+            .client(i)
+            .acquire_lease(proto::AcquireLeaseRequest {
+                namespace: self.ns.to_string(),
+                key: id.into(),
+                holder: FENCE_HOLDER.into(),
+                ttl: ttl(FENCE_TTL),
+                wait: None,
+                request_id: String::new(),
+            })
+            .await
+            .map_err(|s| format!("lease {id}: {} {}", code(&s), s.message()))?
+            .into_inner();
+        match r.lease {
+            Some(l) if r.acquired => Ok(l.token),
+            l => Err(format!("lease {id}: not acquired, held by {:?}", l.map(|l| l.holder))),
+        }
+    }
+
+    /// Renews every fenced-transition lease for another [`FENCE_TTL`].
+    async fn renew_fences(&mut self, plan: &Plan) -> Result<(), String> {
+        let Some(fence) = &self.fence else {
+            return Ok(());
+        };
+        let ids = ids(Scenario::FencedTransition, plan.keys);
+        let leases = FenceLeases::asking();
+        let renewed = stream::iter(ids.iter().zip(fence.tokens.iter()).enumerate())
+            .map(|(i, (id, &token))| {
+                let mut c = self.client(i);
+                let req = proto::RenewLeaseRequest {
+                    namespace: self.ns.to_string(),
+                    key: id.clone(),
+                    token,
+                    ttl: ttl(FENCE_TTL),
+                    request_id: String::new(),
+                };
+                async move {
+                    c.renew_lease(req)
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| format!("renew lease {id}: {} {}", code(&s), s.message()))
+                }
+            })
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        renewed.into_iter().collect::<Result<Vec<()>, String>>()?;
+        if let Some(fence) = &mut self.fence {
+            fence.leases = leases;
+        }
+        Ok(())
+    }
+
+    /// Drives `workers` for `plan.timing`, reading the server's counters right before the
+    /// first call and right after the last answer (before any check reads); the measured
+    /// cell carries the calls made and the server's counts.
+    async fn measure<W: Worker>(
+        &mut self,
+        scenario: Scenario,
+        clients: u32,
+        workers: Vec<W>,
+        plan: &Plan,
+    ) -> Result<(Run<W>, Cell), String> {
+        let before = self.scrape(scenario, clients).await;
+        let run = drive(workers, plan.timing).await?;
+        Ok(self.counted_cell(scenario, clients, plan, before, run).await)
+    }
+
+    /// The measured cell of `run`, with the calls made and the server's counts since
+    /// `before`, read now.
+    async fn counted_cell<W: Worker>(
+        &mut self,
+        scenario: Scenario,
+        clients: u32,
+        plan: &Plan,
+        before: Option<Counters>,
+        run: Run<W>,
+    ) -> (Run<W>, Cell) {
+        let after = self.scrape(scenario, clients).await;
+        let mut cell = Cell::measured(scenario, clients, System::Baton, plan, run.stats.clone());
+        cell.calls = run.calls();
+        cell.server = before.zip(after).map(|(b, a)| a.since(&b));
+        (run, cell)
+    }
+
+    async fn scrape(&mut self, scenario: Scenario, clients: u32) -> Option<Counters> {
+        match self.metrics.as_ref()?.scrape().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.notes
+                    .push(format!("{} with {clients} client(s): {e}", scenario.name()));
+                None
+            }
+        }
     }
 
     fn client(&self, i: usize) -> Client {
@@ -143,6 +334,7 @@ impl Baton {
             Scenario::Transition | Scenario::TransitionHot | Scenario::Append => {
                 self.entities(scenario, clients, plan).await
             }
+            Scenario::FencedTransition => self.fenced(clients, plan).await,
             Scenario::StreamFanout => self.fanout(plan).await,
         };
         result.unwrap_or_else(|e| Cell::failed(scenario, clients, System::Baton, e))
@@ -162,11 +354,11 @@ impl Baton {
                 keys: keys.clone(),
                 rng: fastrand::Rng::new(),
                 tally: Tally::new(keys.len()),
+                calls: 0,
             })
             .collect();
-        let run = drive(workers, plan.timing).await?;
+        let (run, mut cell) = self.measure(scenario, clients, workers, plan).await?;
         let (cell_tally, tally) = run.settle(self.tallies.entry(scenario).or_default());
-        let mut cell = Cell::measured(scenario, clients, System::Baton, plan, run.stats);
         // Tokens go +1 per grant from 0, so a key's last token is its number of grants; and
         // every cycle released what it acquired, so no key may be left held.
         let found = Findings::collect(
@@ -217,22 +409,79 @@ impl Baton {
                 tally: Tally::new(ids.len()),
                 op,
                 payload: vec![b'x'; size],
+                calls: 0,
             })
             .collect();
-        let run = drive(workers, plan.timing).await?;
+        let (run, mut cell) = self.measure(scenario, clients, workers, plan).await?;
         let (cell_tally, tally) = run.settle(self.tallies.entry(scenario).or_default());
-        let mut cell = Cell::measured(scenario, clients, System::Baton, plan, run.stats);
         // A transition applied N times moves version 1 → 1+N and writes 2 events each (the
         // state change and ours); an append writes 1 event and leaves the version alone.
         let expect = move |n: u64| match op {
             EntityOp::Transition => (1 + n, 2 * n),
             EntityOp::Append => (1, n),
         };
-        let found = Findings::collect(
+        let touched = cell_tally.touched();
+        self.check_entities(&ids, &touched, |i| expect(tally.get(i)))
+            .await
+            .report_into(&mut cell.failures);
+        if scenario == Scenario::TransitionHot {
+            self.check_tapes(&ids, &[0], |_| expect(tally.get(0)).1)
+                .await
+                .report_into(&mut cell.failures);
+        }
+        Ok(cell)
+    }
+
+    /// fenced-transition: every call carries the entity's lease as a fence, a fresh request
+    /// id and the version the client last saw. Checks: version 1 + successes, last_seq
+    /// 2 × successes, and a gapless tape, for every entity touched in the cell.
+    async fn fenced(&mut self, clients: u32, plan: &Plan) -> Result<Cell, String> {
+        let scenario = Scenario::FencedTransition;
+        let fence = self.fence.as_ref().ok_or("fenced-transition was not set up")?;
+        // Renewals happen here, before the first scrape, so they are not in the cell's counts.
+        if fence.leases.renew_before(plan.timing)? {
+            self.renew_fences(plan).await?;
+        }
+        let fence = self.fence.as_ref().ok_or("fenced-transition was not set up")?;
+        let ids = ids(scenario, plan.keys);
+        let conns = connect_many(&self.url, clients as usize).await?;
+        let workers = conns
+            .into_iter()
+            .map(|c| FencedWorker {
+                c,
+                ns: self.ns.clone(),
+                ids: ids.clone(),
+                tokens: fence.tokens.clone(),
+                known: fence.known.clone(),
+                rng: fastrand::Rng::new(),
+                tally: Tally::new(ids.len()),
+                payload: vec![b'x'; TRANSITION_PAYLOAD],
+                calls: 0,
+            })
+            .collect();
+        let (run, mut cell) = self.measure(scenario, clients, workers, plan).await?;
+        if let Some(fence) = &mut self.fence {
+            fence.known = load::newest(run.workers.iter().map(|w| w.known.as_slice()));
+        }
+        let (cell_tally, tally) = run.settle(self.tallies.entry(scenario).or_default());
+        let touched = cell_tally.touched();
+        let expect = |i: usize| (1 + tally.get(i), 2 * tally.get(i));
+        self.check_entities(&ids, &touched, expect)
+            .await
+            .report_into(&mut cell.failures);
+        self.check_tapes(&ids, &touched, |i| expect(i).1)
+            .await
+            .report_into(&mut cell.failures);
+        Ok(cell)
+    }
+
+    /// Reads back every touched entity: its version and last_seq must be `want(i)`.
+    async fn check_entities(&self, ids: &[String], touched: &[usize], want: impl Fn(usize) -> (u64, u64)) -> Findings {
+        Findings::collect(
             "lost or extra update",
-            stream::iter(cell_tally.touched())
+            stream::iter(touched.iter().copied())
                 .map(|i| {
-                    let (want_version, want_seq) = expect(tally.get(i));
+                    let (want_version, want_seq) = want(i);
                     let mut c = self.client(i);
                     let (ns, id) = (self.ns.to_string(), ids[i].clone());
                     async move {
@@ -258,24 +507,30 @@ impl Baton {
                 })
                 .buffer_unordered(CHECK_CONCURRENCY),
         )
-        .await;
-        found.report_into(&mut cell.failures);
-        if scenario == Scenario::TransitionHot {
-            let (_, want_seq) = expect(tally.get(0));
-            if let Err(e) = self.read_tape(&ids[0], want_seq).await {
-                cell.failures.push(format!("tape of {}: {e}", ids[0]));
-            }
-        }
-        Ok(cell)
+        .await
+    }
+
+    /// Reads the tape of every touched entity up to `head(i)`: it must be gapless.
+    async fn check_tapes(&self, ids: &[String], touched: &[usize], head: impl Fn(usize) -> u64) -> Findings {
+        Findings::collect(
+            "gap in tape",
+            stream::iter(touched.iter().copied())
+                .map(|i| {
+                    let (id, head) = (ids[i].clone(), head(i));
+                    async move { self.read_tape(i, &id, head).await.err().map(|e| format!("{id}: {e}")) }
+                })
+                .buffer_unordered(CHECK_CONCURRENCY),
+        )
+        .await
     }
 
     /// Reads a live tape from seq 1 up to `head` and checks it is gapless.
-    async fn read_tape(&self, id: &str, head: u64) -> Result<(), String> {
+    async fn read_tape(&self, i: usize, id: &str, head: u64) -> Result<(), String> {
         if head == 0 {
             return Ok(());
         }
         let mut stream = self
-            .client(0)
+            .client(i)
             .stream_events(proto::StreamEventsRequest {
                 namespace: self.ns.to_string(),
                 entity_id: id.into(),
@@ -321,9 +576,12 @@ impl Baton {
             c: self.client(0),
             ns: self.ns.clone(),
             id: id.clone(),
+            calls: 0,
         };
+        let before = self.scrape(Scenario::StreamFanout, 1).await;
         window.open(plan.timing);
         let run = drive(vec![writer], plan.timing).await?;
+        let (_, mut cell) = self.counted_cell(Scenario::StreamFanout, 1, plan, before, run).await;
         let finished = self
             .client(0)
             .transition(proto::TransitionRequest {
@@ -337,7 +595,6 @@ impl Baton {
             .into_inner();
         let final_seq = finished.seqs.last().copied().unwrap_or(0);
 
-        let mut cell = Cell::measured(Scenario::StreamFanout, 1, System::Baton, plan, run.stats);
         let (fan, incomplete) = fanout::finish(tasks, final_seq).await?;
         incomplete.report_into(&mut cell.failures);
         cell.fanout = Some(fan);
@@ -381,8 +638,10 @@ impl Baton {
         })
     }
 
-    /// Nothing to tear down: the namespace stays for inspection.
-    pub async fn close(self) {}
+    /// Nothing to tear down: the namespace stays for inspection. Returns the notes.
+    pub async fn close(self) -> Vec<String> {
+        self.notes
+    }
 }
 
 /// One lease-cycle client: acquire a random key as its own holder, release it.
@@ -394,12 +653,14 @@ struct LeaseWorker {
     rng: fastrand::Rng,
     /// Grants per key.
     tally: Tally,
+    calls: u64,
 }
 
 impl Worker for LeaseWorker {
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
             let i = self.rng.usize(..self.keys.len());
+            self.calls += 1;
             let acquired = self
                 .c
                 .acquire_lease(proto::AcquireLeaseRequest {
@@ -417,6 +678,7 @@ impl Worker for LeaseWorker {
                 Ok(r) => r.lease.unwrap_or_default(),
             };
             self.tally.add(i);
+            self.calls += 1;
             let released = self
                 .c
                 .release_lease(proto::ReleaseLeaseRequest {
@@ -437,13 +699,17 @@ impl Worker for LeaseWorker {
     fn tally(&self) -> Option<&Tally> {
         Some(&self.tally)
     }
+
+    fn calls(&self) -> Option<u64> {
+        Some(self.calls)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EntityOp {
     /// `tick` with one event.
     Transition,
-    /// AppendEvents with one event.
+    /// AppendEvents with one event and a fresh request id.
     Append,
 }
 
@@ -457,12 +723,14 @@ struct EntityWorker {
     tally: Tally,
     op: EntityOp,
     payload: Vec<u8>,
+    calls: u64,
 }
 
 impl Worker for EntityWorker {
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
             let i = self.rng.usize(..self.ids.len());
+            self.calls += 1;
             let (namespace, entity_id) = (self.ns.to_string(), self.ids[i].clone());
             let events = vec![event(self.payload.clone())];
             let applied = match self.op {
@@ -483,6 +751,7 @@ impl Worker for EntityWorker {
                         namespace,
                         entity_id,
                         events,
+                        request_id: load::request_id(),
                         ..Default::default()
                     })
                     .await
@@ -495,6 +764,76 @@ impl Worker for EntityWorker {
     fn tally(&self) -> Option<&Tally> {
         Some(&self.tally)
     }
+
+    fn calls(&self) -> Option<u64> {
+        Some(self.calls)
+    }
+}
+
+/// One fenced-transition client, as an orchestrator calls: `tick` with the entity's lease
+/// as fence, a fresh request id and `expect_version` = the version it last saw, which it
+/// learns from every answer (a `VERSION_MISMATCH` carries the current one: a miss).
+struct FencedWorker {
+    c: Client,
+    ns: Arc<str>,
+    ids: Arc<[String]>,
+    /// Lease token per entity; the lease key is the entity id.
+    tokens: Arc<[u64]>,
+    /// The version this client last saw, per entity.
+    known: Vec<u64>,
+    rng: fastrand::Rng,
+    /// Applied calls per entity.
+    tally: Tally,
+    payload: Vec<u8>,
+    calls: u64,
+}
+
+impl Worker for FencedWorker {
+    fn op(&mut self) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            let i = self.rng.usize(..self.ids.len());
+            self.calls += 1;
+            let r = self
+                .c
+                .transition(proto::TransitionRequest {
+                    namespace: self.ns.to_string(),
+                    entity_id: self.ids[i].clone(),
+                    transition: "tick".into(),
+                    expect_version: Some(self.known[i]),
+                    fence: Some(proto::Fence {
+                        key: self.ids[i].clone(),
+                        token: self.tokens[i],
+                    }),
+                    events: vec![event(self.payload.clone())],
+                    request_id: load::request_id(),
+                    ..Default::default()
+                })
+                .await;
+            match r.map(|r| r.into_inner()) {
+                Ok(r) => {
+                    if let Some(e) = &r.entity {
+                        self.known[i] = e.version;
+                    }
+                    load::tallied(Ok::<_, tonic::Status>(r.applied), &mut self.tally, i, code)
+                }
+                Err(s) => match mismatch_version(&s) {
+                    Some(v) => {
+                        self.known[i] = v;
+                        Outcome::Miss
+                    }
+                    None => Outcome::Error(code(&s)),
+                },
+            }
+        })
+    }
+
+    fn tally(&self) -> Option<&Tally> {
+        Some(&self.tally)
+    }
+
+    fn calls(&self) -> Option<u64> {
+        Some(self.calls)
+    }
 }
 
 /// The one fan-out writer: appends one stamped event per call, as fast as it can.
@@ -502,11 +841,17 @@ struct FanWriter {
     c: Client,
     ns: Arc<str>,
     id: String,
+    calls: u64,
 }
 
 impl Worker for FanWriter {
+    fn calls(&self) -> Option<u64> {
+        Some(self.calls)
+    }
+
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
+            self.calls += 1;
             let r = self
                 .c
                 .append_events(proto::AppendEventsRequest {
@@ -563,5 +908,43 @@ async fn subscribe(mut c: Client, req: proto::StreamEventsRequest, window: Windo
                 return seen;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::baton::domain::{DomainError, entity::Version};
+    use ::baton::service::Error;
+
+    /// The statuses as the server builds them (its one error → Status mapping).
+    fn status(e: DomainError) -> tonic::Status {
+        tonic::Status::from(Error::Rule(e))
+    }
+
+    #[test]
+    fn a_version_mismatch_tells_the_current_version() {
+        let s = status(DomainError::VersionMismatch {
+            expected: Version::parse("v", 3).unwrap(),
+            version: Version::parse("v", 7).unwrap(),
+            current_state: "running".into(),
+        });
+        assert_eq!(mismatch_version(&s), Some(7));
+        assert_eq!(code(&s), "Aborted:VERSION_MISMATCH");
+    }
+
+    #[test]
+    fn other_errors_teach_no_version() {
+        let lost = status(DomainError::LeaseLost {
+            key: "f-1".into(),
+            token: 1,
+            current_token: Some(2),
+            current_holder: Some("other".into()),
+        });
+        assert_eq!(mismatch_version(&lost), None);
+        assert_eq!(code(&lost), "FailedPrecondition:LEASE_LOST");
+        let bare = tonic::Status::aborted("no details");
+        assert_eq!(mismatch_version(&bare), None);
+        assert_eq!(code(&bare), "Aborted");
     }
 }

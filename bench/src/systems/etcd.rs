@@ -121,6 +121,9 @@ impl Etcd {
     /// Measures one cell and checks it.
     pub async fn cell(&mut self, scenario: Scenario, clients: u32, plan: &Plan) -> Cell {
         let result = match scenario {
+            Scenario::FencedTransition => {
+                return Cell::skipped(scenario, clients, System::Etcd, "not implemented for etcd");
+            }
             Scenario::StreamFanout => self.fanout(plan).await,
             _ => self.measure(scenario, clients, plan).await,
         };

@@ -3,7 +3,7 @@
 //! pooled connection per client, in schema `bench_baseline` (dropped and created at setup).
 
 use crate::checks::Findings;
-use crate::load::{self, Tally, Worker, drive};
+use crate::load::{self, FENCE_HOLDER, FENCE_TTL, FenceLeases, Tally, Worker, drive};
 use crate::stats::Outcome;
 use crate::{Cell, Plan, Scenario, System};
 use futures::future::BoxFuture;
@@ -34,7 +34,15 @@ CREATE TABLE bench_baseline.events (
     type text NOT NULL,
     payload bytea,
     PRIMARY KEY (entity_id, seq)
-);";
+);
+CREATE TABLE bench_baseline.requests (
+    id text PRIMARY KEY,
+    entity_id text NOT NULL,
+    version bigint NOT NULL,
+    last_seq bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX requests_by_age ON bench_baseline.requests (created_at);";
 
 /// Grant a free or expired lease: token +1 from 0, as baton's fencing tokens.
 const ACQUIRE: &str = "
@@ -60,21 +68,65 @@ SELECT id, last_seq - 1, 'transition', NULL FROM u
 UNION ALL
 SELECT id, last_seq, 'tick', $2 FROM u";
 
-/// An append of one event to an unsealed tape, in one statement.
+/// An append of one event to an unsealed tape, and the row of its request id (the first
+/// outcome, for a retry to find), in one statement.
 const APPEND: &str = "
 WITH u AS (
     UPDATE bench_baseline.entities SET last_seq = last_seq + 1
     WHERE id = $1 AND state = 'running'
-    RETURNING id, last_seq
+    RETURNING id, version, last_seq
+), r AS (
+    INSERT INTO bench_baseline.requests (id, entity_id, version, last_seq)
+    SELECT $3, id, version, last_seq FROM u
 )
 INSERT INTO bench_baseline.events (entity_id, seq, type, payload)
 SELECT id, last_seq, 'tick', $2 FROM u";
+
+/// A fenced transition with `expect_version`, in one statement: the lease `(key = $1,
+/// token = $2)` is live (and share-locked until commit, so a steal waits: the fence is
+/// checked in the write's transaction), the version is `$3` and the state `running`; then
+/// version +1, the two tape rows and the request id's row. Returns whether the fence held,
+/// the version after when applied, and the version in the statement's snapshot (what a
+/// miss learns; a concurrent commit it did not see makes the next call miss again).
+const FENCED_TRANSITION: &str = "
+WITH l AS (
+    SELECT 1 FROM bench_baseline.leases
+    WHERE key = $1 AND token = $2 AND holder IS NOT NULL AND expires_at > now()
+    FOR SHARE
+), u AS (
+    UPDATE bench_baseline.entities SET version = version + 1, last_seq = last_seq + 2
+    WHERE id = $1 AND state = 'running' AND version = $3 AND EXISTS (SELECT FROM l)
+    RETURNING id, version, last_seq
+), e AS (
+    INSERT INTO bench_baseline.events (entity_id, seq, type, payload)
+    SELECT id, last_seq - 1, 'transition', NULL FROM u
+    UNION ALL
+    SELECT id, last_seq, 'tick', $4 FROM u
+), r AS (
+    INSERT INTO bench_baseline.requests (id, entity_id, version, last_seq)
+    SELECT $5, id, version, last_seq FROM u
+)
+SELECT EXISTS (SELECT FROM l),
+       (SELECT version FROM u),
+       (SELECT version FROM bench_baseline.entities WHERE id = $1)";
+
+/// Token of every fenced-transition lease: granted once, at setup.
+const FENCE_TOKEN: i64 = 1;
+
+/// The fenced-transition leases, granted (or renewed) for [`FENCE_TTL`].
+const GRANT_FENCES: &str = "
+INSERT INTO bench_baseline.leases (key, token, holder, expires_at)
+SELECT $1 || '-' || i, $2, $3, now() + make_interval(secs => $4) FROM generate_series(0, $5 - 1) AS i
+ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at";
 
 /// The Postgres baseline.
 pub struct Pg {
     url: String,
     admin: PgPool,
     tallies: HashMap<Scenario, Tally>,
+    /// fenced-transition: when its leases were granted, and the newest version any client
+    /// has seen per entity.
+    fence: Option<(FenceLeases, Vec<u64>)>,
 }
 
 fn kind(e: &sqlx::Error) -> String {
@@ -105,8 +157,9 @@ impl Pg {
             .await
             .map_err(|e| format!("create schema bench_baseline: {e}"))?;
         let mut tallies = HashMap::new();
+        let mut fence = None;
         for &s in &plan.scenarios {
-            if matches!(s, Scenario::Transition | Scenario::TransitionHot | Scenario::Append) {
+            if s.has_entities() {
                 sqlx::query(
                     "INSERT INTO bench_baseline.entities (id, state, version, last_seq)
                      SELECT $1 || '-' || i, 'running', 1, 0 FROM generate_series(0, $2 - 1) AS i",
@@ -117,12 +170,17 @@ impl Pg {
                 .await
                 .map_err(|e| format!("insert entities: {e}"))?;
             }
+            if s == Scenario::FencedTransition {
+                let leases = grant_fences(&admin, plan).await?;
+                fence = Some((leases, vec![1; s.keys(plan.keys)]));
+            }
             tallies.insert(s, Tally::new(s.keys(plan.keys)));
         }
         Ok(Self {
             url: url.to_string(),
             admin,
             tallies,
+            fence,
         })
     }
 
@@ -138,6 +196,15 @@ impl Pg {
 
     async fn measure(&mut self, scenario: Scenario, clients: u32, plan: &Plan) -> Result<Cell, String> {
         let ids = ids(scenario, plan.keys);
+        let mut known = vec![];
+        if let Some((leases, newest)) = &mut self.fence
+            && scenario == Scenario::FencedTransition
+        {
+            if leases.renew_before(plan.timing)? {
+                *leases = grant_fences(&self.admin, plan).await?;
+            }
+            known = newest.iter().map(|&v| v as i64).collect();
+        }
         let pool = PgPoolOptions::new()
             .max_connections(clients)
             .connect(&self.url)
@@ -153,9 +220,20 @@ impl Pg {
                 rng: fastrand::Rng::new(),
                 tally: Tally::new(ids.len()),
                 payload: vec![b'x'; if scenario == Scenario::Append { 1024 } else { 64 }],
+                known: known.clone(),
             });
         }
         let run = drive(workers, plan.timing).await?;
+        if let Some((_, newest)) = &mut self.fence
+            && scenario == Scenario::FencedTransition
+        {
+            let seen: Vec<Vec<u64>> = run
+                .workers
+                .iter()
+                .map(|w| w.known.iter().map(|&v| v as u64).collect())
+                .collect();
+            *newest = load::newest(seen.iter().map(Vec::as_slice));
+        }
         let (cell_tally, tally) = run.settle(self.tallies.entry(scenario).or_default());
         drop(run.workers);
         pool.close().await;
@@ -171,8 +249,45 @@ impl Pg {
             let (lost, gaps) = self.check_entities(scenario, &touched, &index, &tally).await?;
             lost.report_into(&mut cell.failures);
             gaps.report_into(&mut cell.failures);
+            if matches!(scenario, Scenario::Append | Scenario::FencedTransition) {
+                self.check_requests(&touched, &index, &tally)
+                    .await?
+                    .report_into(&mut cell.failures);
+            }
         }
         Ok(cell)
+    }
+
+    /// Each applied call stored exactly one request-id row: as many rows per touched entity
+    /// as successes so far (append and fenced-transition entities are disjoint).
+    async fn check_requests(
+        &self,
+        touched: &[String],
+        index: &HashMap<&str, usize>,
+        tally: &Tally,
+    ) -> Result<Findings, String> {
+        let rows = sqlx::query(
+            "SELECT entity_id, count(*) FROM bench_baseline.requests WHERE entity_id = ANY($1) GROUP BY entity_id",
+        )
+        .bind(touched)
+        .fetch_all(&self.admin)
+        .await
+        .map_err(|e| format!("check request ids: {e}"))?;
+        let mut found = Findings::new("request-id rows do not match successes");
+        if rows.len() != touched.len() {
+            found.add(format!(
+                "{} touched entities have no request row",
+                touched.len() - rows.len()
+            ));
+        }
+        for r in rows {
+            let (id, count): (String, i64) = (r.get(0), r.get(1));
+            let want = index.get(id.as_str()).map_or(0, |&i| tally.get(i));
+            if count as u64 != want {
+                found.add(format!("{id}: {count} rows after {want} successes"));
+            }
+        }
+        Ok(found)
     }
 
     /// Each touched key's token equals its grants so far, and no key is left held.
@@ -264,6 +379,23 @@ impl Pg {
     }
 }
 
+/// Grants (or renews) the fenced-transition leases, one per entity, all to
+/// [`FENCE_HOLDER`] with token [`FENCE_TOKEN`], in one statement.
+async fn grant_fences(admin: &PgPool, plan: &Plan) -> Result<FenceLeases, String> {
+    let s = Scenario::FencedTransition;
+    let leases = FenceLeases::asking();
+    sqlx::query(GRANT_FENCES)
+        .bind(s.prefix())
+        .bind(FENCE_TOKEN)
+        .bind(FENCE_HOLDER)
+        .bind(FENCE_TTL.as_secs_f64())
+        .bind(s.keys(plan.keys) as i64)
+        .execute(admin)
+        .await
+        .map_err(|e| format!("grant fence leases: {e}"))?;
+    Ok(leases)
+}
+
 /// One baseline client on its own connection.
 struct SqlWorker {
     conn: PoolConnection<Postgres>,
@@ -273,6 +405,8 @@ struct SqlWorker {
     rng: fastrand::Rng,
     tally: Tally,
     payload: Vec<u8>,
+    /// fenced-transition: the version this client last saw, per entity.
+    known: Vec<i64>,
 }
 
 impl Worker for SqlWorker {
@@ -282,9 +416,11 @@ impl Worker for SqlWorker {
             let id = self.ids[i].as_str();
             let done = match self.scenario {
                 Scenario::LeaseCycle => return self.lease_cycle(i).await,
+                Scenario::FencedTransition => return self.fenced_transition(i).await,
                 Scenario::Append => sqlx::query(APPEND)
                     .bind(id)
                     .bind(&self.payload)
+                    .bind(load::request_id())
                     .execute(&mut *self.conn)
                     .await
                     .map(|r| r.rows_affected() == 1),
@@ -305,6 +441,34 @@ impl Worker for SqlWorker {
 }
 
 impl SqlWorker {
+    /// One fenced transition of entity `i` with the version last seen; a miss (learning the
+    /// version) when it moved on, an error when the fence did not hold.
+    async fn fenced_transition(&mut self, i: usize) -> Outcome {
+        let id = self.ids[i].as_str();
+        let row: Result<(bool, Option<i64>, Option<i64>), _> = sqlx::query_as(FENCED_TRANSITION)
+            .bind(id)
+            .bind(FENCE_TOKEN)
+            .bind(self.known[i])
+            .bind(&self.payload)
+            .bind(load::request_id())
+            .fetch_one(&mut *self.conn)
+            .await;
+        match row {
+            Err(e) => Outcome::Error(kind(&e)),
+            Ok((false, _, _)) => Outcome::Error("LeaseLost".into()),
+            Ok((true, Some(after), _)) => {
+                self.known[i] = after;
+                self.tally.add(i);
+                Outcome::Success
+            }
+            Ok((true, None, Some(current))) => {
+                self.known[i] = current;
+                Outcome::Miss
+            }
+            Ok((true, None, None)) => Outcome::Error("NoEntity".into()),
+        }
+    }
+
     /// Acquire then release key `i`; a miss when another client holds it.
     async fn lease_cycle(&mut self, i: usize) -> Outcome {
         let key = self.ids[i].as_str();
@@ -330,5 +494,78 @@ impl SqlWorker {
             Ok(_) => Outcome::Error("NotReleased".into()),
             Err(e) => Outcome::Error(kind(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton::Backend;
+    use baton::process::TempDatabase;
+
+    type Answer = (bool, Option<i64>, Option<i64>);
+
+    async fn fenced(pool: &PgPool, token: i64, version: i64) -> Answer {
+        sqlx::query_as(FENCED_TRANSITION)
+            .bind("f-0")
+            .bind(token)
+            .bind(version)
+            .bind(b"x".as_slice())
+            .bind(load::request_id())
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    async fn count(pool: &PgPool, table: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM bench_baseline.{table} WHERE entity_id = 'f-0'");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    /// The baseline's fenced transition is honest: it applies only with the live lease's
+    /// token and the current version, and then writes the version, two tape rows and the
+    /// request id; a stale version learns the current one; a stale or expired fence writes
+    /// nothing.
+    #[tokio::test]
+    async fn the_fenced_statement_checks_fence_and_version() {
+        let db = TempDatabase::new(Backend::Postgres).await.unwrap();
+        let plan = Plan {
+            scenarios: vec![Scenario::FencedTransition],
+            keys: 1,
+            timing: load::Timing {
+                warmup: std::time::Duration::ZERO,
+                duration: std::time::Duration::from_secs(1),
+            },
+            subscribers: 1,
+            streams_per_connection: 1,
+        };
+        let pg = Pg::setup(db.url(), &plan).await.unwrap();
+        let pool = &pg.admin;
+        assert_eq!(fenced(pool, FENCE_TOKEN, 1).await, (true, Some(2), Some(1)));
+        assert_eq!((count(pool, "events").await, count(pool, "requests").await), (2, 1));
+        assert_eq!(
+            fenced(pool, FENCE_TOKEN, 1).await,
+            (true, None, Some(2)),
+            "stale version"
+        );
+        assert_eq!(
+            fenced(pool, FENCE_TOKEN + 1, 2).await,
+            (false, None, Some(2)),
+            "wrong token"
+        );
+        sqlx::query("UPDATE bench_baseline.leases SET expires_at = now() - interval '1 second'")
+            .execute(pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            fenced(pool, FENCE_TOKEN, 2).await,
+            (false, None, Some(2)),
+            "expired lease"
+        );
+        assert_eq!((count(pool, "events").await, count(pool, "requests").await), (2, 1));
+        pg.close().await;
     }
 }
