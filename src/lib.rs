@@ -21,5 +21,6 @@ pub mod grpc;
 pub mod process;
 pub mod service;
 pub mod storage;
+pub mod telemetry;
 
 pub use storage::Backend;

@@ -18,9 +18,10 @@ pub struct ServeProcess {
     /// `None` once reaped.
     child: Option<Child>,
     addr: SocketAddr,
-    /// Every stderr line after the "serving" line, read by a thread so the child never
-    /// blocks on a full pipe.
+    /// Every stderr line, read by a thread so the child never blocks on a full pipe.
     log: mpsc::Receiver<String>,
+    /// Lines read while waiting for the "serving" line, not yet handed out.
+    early: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 /// A signal to send to the child.
@@ -80,10 +81,11 @@ impl ServeProcess {
             }
         });
         match wait_for_addr(&log) {
-            Ok(addr) => Ok(Self {
+            Ok((addr, early)) => Ok(Self {
                 child: Some(child),
                 addr,
                 log,
+                early: std::sync::Mutex::new(early.into()),
             }),
             Err(e) => {
                 let _ = child.kill();
@@ -143,11 +145,21 @@ impl ServeProcess {
 
     /// The log lines received so far (each JSON), without waiting.
     pub fn drain_log(&self) -> Vec<String> {
-        self.log.try_iter().collect()
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        early.drain(..).chain(self.log.try_iter()).collect()
     }
 
-    /// The next log line satisfying `matches`, waiting up to `within`.
+    /// The next log line satisfying `matches`, waiting up to `within` (the lines before it
+    /// are passed over).
     pub fn wait_for_log(&self, within: Duration, matches: impl Fn(&str) -> bool) -> Result<String, String> {
+        {
+            let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(line) = early.pop_front() {
+                if matches(&line) {
+                    return Ok(line);
+                }
+            }
+        }
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -170,9 +182,10 @@ impl Drop for ServeProcess {
     }
 }
 
-/// The address from the first JSON log line whose message is "baton serving"; the last
-/// lines seen when the child exits or stays silent instead.
-fn wait_for_addr(log: &mpsc::Receiver<String>) -> Result<SocketAddr, String> {
+/// The address from the first JSON log line whose message is "baton serving", and the lines
+/// before it; the last lines seen when the child exits or stays silent instead.
+fn wait_for_addr(log: &mpsc::Receiver<String>) -> Result<(SocketAddr, Vec<String>), String> {
+    let mut before: Vec<String> = vec![];
     let mut tail: Vec<String> = vec![];
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -188,8 +201,9 @@ fn wait_for_addr(log: &mpsc::Receiver<String>) -> Result<SocketAddr, String> {
             Err(mpsc::RecvTimeoutError::Disconnected) => return Err(format!("it exited: {}", tail.join(" | "))),
         };
         if let Some(addr) = serving_addr(&line) {
-            return Ok(addr);
+            return Ok((addr, before));
         }
+        before.push(line.clone());
         tail.push(line);
         if tail.len() > 5 {
             tail.remove(0);
@@ -199,8 +213,14 @@ fn wait_for_addr(log: &mpsc::Receiver<String>) -> Result<SocketAddr, String> {
 
 /// The address in a JSON "baton serving" log line.
 fn serving_addr(line: &str) -> Option<SocketAddr> {
+    logged_addr(line, "baton serving")
+}
+
+/// The `addr` field of a JSON log line whose message is `message` (`"baton serving"`,
+/// `"admin serving"`).
+pub fn logged_addr(line: &str, message: &str) -> Option<SocketAddr> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    if v["fields"]["message"] != "baton serving" {
+    if v["fields"]["message"] != message {
         return None;
     }
     v["fields"]["addr"].as_str()?.parse().ok()

@@ -3,6 +3,7 @@
 //! shutdown future resolves, then drains within a bound. Tests and the binary both start
 //! the server through these two functions.
 
+pub mod admin;
 mod settings;
 
 pub use settings::{LogFormat, Settings};
@@ -50,6 +51,8 @@ pub enum AppError {
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    /// The admin listener, when asked for.
+    admin: Option<(TcpListener, SocketAddr)>,
     coordinator: Coordinator,
     store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
@@ -99,6 +102,21 @@ impl Application {
             addr: settings.listen,
             source,
         })?;
+        let admin = match settings.admin_listen {
+            None => None,
+            Some(at) => {
+                admin::recorder();
+                let bound = admin::bind(at).await;
+                let bound = bound.and_then(|l| l.local_addr().map(|a| (l, a)));
+                match bound {
+                    Ok(bound) => Some(bound),
+                    Err(source) => {
+                        store.close().await;
+                        return Err(AppError::Bind { addr: at, source });
+                    }
+                }
+            }
+        };
         let (shutdown, drain_rx) = watch::channel(false);
         let config = ServiceConfig {
             heartbeat: settings.heartbeat,
@@ -109,6 +127,7 @@ impl Application {
         Ok(Self {
             listener,
             addr,
+            admin,
             coordinator,
             store,
             shutdown,
@@ -119,6 +138,11 @@ impl Application {
     /// The bound address (the real port when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's bound address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, a)| *a)
     }
 
     /// The coordinator (for in-process use and tests).
@@ -133,6 +157,7 @@ impl Application {
         let Self {
             listener,
             addr,
+            admin,
             coordinator,
             store,
             shutdown,
@@ -170,6 +195,10 @@ impl Application {
         let server_drain = async move { crate::service::raised(&mut drain_rx).await };
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain));
         tracing::info!(%addr, backend = %store.backend(), "baton serving");
+        if let Some((listener, admin_addr)) = admin {
+            tokio::spawn(admin::serve(listener, shutdown.subscribe()));
+            tracing::info!(addr = %admin_addr, "admin serving");
+        }
 
         tokio::select! {
             _ = stop => {}

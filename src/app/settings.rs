@@ -12,6 +12,10 @@ pub struct Settings {
     /// Address to serve gRPC on.
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address of the admin HTTP listener (GET /metrics); off unless given. Keep it on
+    /// loopback or a private network: it is for operators, not clients.
+    #[arg(long, env = "BATON_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Database: sqlite:PATH (created if missing) or postgres://USER[:PASS]@HOST[:PORT]/DB.
     #[arg(long, env = "BATON_DATABASE_URL", default_value = "sqlite:baton.db")]
     pub database_url: String,

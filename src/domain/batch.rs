@@ -75,7 +75,8 @@ pub struct Reads {
     pub requests: BTreeSet<(Namespace, RequestId)>,
     /// Entities by dedup key (I9).
     pub dedup: BTreeSet<(Namespace, Name, DedupKey)>,
-    /// Machines by kind (CreateEntity).
+    /// Machines by kind: those a command names (CreateEntity) that the replica has not
+    /// cached. The machine of an entity read is known once the entity is.
     pub machines: BTreeSet<(Namespace, Name)>,
 }
 
@@ -103,6 +104,26 @@ pub struct Rows {
     pub dedup: HashMap<(Namespace, Name, DedupKey), EntityId>,
     /// Machines, by kind.
     pub machines: HashMap<(Namespace, Name), StoredMachine>,
+}
+
+impl Rows {
+    /// The machines the commands' entities and creates need that these rows do not hold.
+    pub fn missing_machines(&self, commands: &[Command]) -> BTreeSet<(Namespace, Name)> {
+        let mut kinds: BTreeSet<(Namespace, Name)> = BTreeSet::new();
+        for c in commands {
+            match c {
+                Command::Create(c, _) => drop(kinds.insert((c.ns.clone(), c.kind.clone()))),
+                Command::Transition(t) => {
+                    if let Some(e) = self.entities.get(&(t.ns.clone(), t.entity_id.clone())) {
+                        kinds.insert((t.ns.clone(), e.kind.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        kinds.retain(|k| !self.machines.contains_key(k));
+        kinds
+    }
 }
 
 /// Everything a batch writes, in its second round trip, with its commit.
@@ -451,19 +472,25 @@ impl Batch {
         Outcome::Release(true)
     }
 
-    fn machine(&self, ns: &Namespace, kind: &Name) -> Result<&StoredMachine, DomainError> {
-        self.rows
+    /// The kind's machine, and a note that this batch decided with its version: the commit
+    /// holds only while that version is the stored one — for a refusal as for a write, so a
+    /// replica's cached machine can never answer for a newer definition.
+    fn machine(&mut self, ns: &Namespace, kind: &Name) -> Result<StoredMachine, DomainError> {
+        let machine = self
+            .rows
             .machines
             .get(&(ns.clone(), kind.clone()))
+            .cloned()
             .ok_or_else(|| DomainError::NotFound {
                 what: "machine",
                 name: kind.to_string(),
-            })
+            })?;
+        self.writes.machines.insert((ns.clone(), kind.clone(), machine.version));
+        Ok(machine)
     }
 
     fn create(&mut self, c: &CreateEntity, id: &EntityId) -> Result<Outcome, DomainError> {
         let machine = self.machine(&c.ns, &c.kind)?;
-        let version = machine.version;
         let entity = plan_create(
             &machine.machine,
             id.clone(),
@@ -494,7 +521,6 @@ impl Batch {
         }
         self.rows.entities.insert(key.clone(), entity.clone());
         self.writes.entities.insert(key, (entity.clone(), true));
-        self.writes.machines.insert((c.ns.clone(), c.kind.clone(), version));
         Ok(Outcome::Create(CreateOutcome { created: true, entity }))
     }
 
@@ -523,7 +549,6 @@ impl Batch {
     fn transition(&mut self, c: &Transition) -> Result<Outcome, DomainError> {
         let entity = self.entity(&c.ns, &c.entity_id)?;
         let machine = self.machine(&c.ns, &entity.kind)?;
-        let version = machine.version;
         let plan = plan_transition(&machine.machine, &entity, &c.ask, self.rows.now);
         self.check_fence(&c.ns, &c.fence)?;
         let change = match plan? {
@@ -541,7 +566,6 @@ impl Batch {
             seqs: change.seqs(),
             entity: change.entity.clone(),
         };
-        self.writes.machines.insert((c.ns.clone(), entity.kind, version));
         self.write_change(&c.ns, change);
         Ok(Outcome::Transition(outcome))
     }

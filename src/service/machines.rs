@@ -22,9 +22,10 @@ pub struct DefineOutcome {
 /// Most machines a replica keeps parsed; past this the cache starts over.
 const CACHE_CAPACITY: usize = 10_000;
 
-/// Machines this replica has parsed and validated, by namespace and kind. Every write batch
-/// reads its machines' stored versions (and specs) anyway; the cache only spares parsing a
-/// version twice. A batch commits only while each version it used is still the stored one.
+/// Machines this replica has parsed and validated, by namespace and kind, so a write batch
+/// need not read them. Only a hint: a batch commits only while every version it decided
+/// with (refusals included) is still the stored one, and a batch that meets a newer one is
+/// decided again with the cache cleared.
 #[derive(Default)]
 pub struct MachineCache {
     map: RwLock<HashMap<(Namespace, Name), StoredMachine>>,
@@ -42,6 +43,12 @@ impl MachineCache {
         let parsed = crate::storage::parse_machine(row)?;
         self.put(ns, &row.kind, &parsed);
         Ok(parsed)
+    }
+
+    /// The cached machine of a kind, if any.
+    pub fn get(&self, ns: &Namespace, kind: &Name) -> Option<StoredMachine> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&(ns.clone(), kind.clone())).cloned()
     }
 
     fn put(&self, ns: &Namespace, kind: &Name, m: &StoredMachine) {

@@ -22,6 +22,7 @@ use crate::domain::batch::{Batch, Command, Lock, Reads, Writes};
 use crate::domain::outcome::Outcome;
 use crate::faults::Faults;
 use crate::storage::{Change, Store, StoreError};
+use crate::telemetry::names;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,9 @@ pub struct PipelineStats {
     pub deferred: AtomicU64,
 }
 
+/// A caller waiting for its command's outcome, and how often the command was put off.
+type Waiter = (oneshot::Sender<Result<Outcome>>, u32);
+
 struct Job {
     command: Command,
     reply: oneshot::Sender<Result<Outcome>>,
@@ -60,6 +64,8 @@ struct Job {
 pub struct Pipeline {
     lanes: Vec<mpsc::Sender<Job>>,
     stats: Arc<PipelineStats>,
+    /// The canary fault: commands lose their fence before they are decided.
+    skip_fence_check: bool,
 }
 
 impl Pipeline {
@@ -80,7 +86,11 @@ impl Pipeline {
                 tx
             })
             .collect();
-        Self { lanes, stats }
+        Self {
+            lanes,
+            stats,
+            skip_fence_check: faults.skip_fence_check,
+        }
     }
 
     /// The pipeline's counters.
@@ -90,6 +100,11 @@ impl Pipeline {
 
     /// Hands `command` to its lane and waits for its batch to commit.
     pub async fn submit(&self, command: Command) -> Result<Outcome> {
+        let command = if self.skip_fence_check {
+            command.without_fence()
+        } else {
+            command
+        };
         let lane = (command.key() as u64 % self.lanes.len() as u64) as usize;
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -142,25 +157,14 @@ impl Lane {
     /// Runs one batch; returns the jobs put off to the next.
     async fn batch(&self, jobs: Vec<Job>) -> Vec<Job> {
         let wait = jobs.iter().any(|j| j.deferred >= WAIT_AFTER);
-        let commands: Vec<Command> = jobs
-            .iter()
-            .map(|j| {
-                let c = j.command.clone();
-                if self.faults.skip_fence_check {
-                    c.without_fence()
-                } else {
-                    c
-                }
-            })
-            .collect();
+        // The commands move out of their jobs (no copy of their payloads); the put-off ones
+        // move back.
+        let (commands, waiters): (Vec<Command>, Vec<Waiter>) =
+            jobs.into_iter().map(|j| (j.command, (j.reply, j.deferred))).unzip();
         let locks = Lock::union(&commands);
-        let mut reads = Reads::default();
-        for c in &commands {
-            c.reads(&mut reads);
-        }
         let mut attempt = 1;
         let decided = loop {
-            match self.attempt(&commands, &locks, wait, &reads).await {
+            match self.attempt(&commands, &locks, wait).await {
                 Err(StoreError::Conflict(why)) if attempt < ATTEMPTS => {
                     tracing::debug!(conflict = %why, attempt, "batch met a change under it; deciding it again");
                     attempt += 1;
@@ -169,14 +173,15 @@ impl Lane {
             }
         };
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(names::WRITE_BATCHES).increment(1);
         let (outcomes, writes) = match decided {
             Ok(done) => done,
             Err(e) => {
                 // Nothing of the batch is known to have committed: every caller hears why
                 // (UNAVAILABLE may mean "committed, answer lost"; request ids tell).
                 let error: Error = e.into();
-                for job in jobs {
-                    let _ = job.reply.send(Err(clone_error(&error)));
+                for (reply, _) in waiters {
+                    let _ = reply.send(Err(clone_error(&error)));
                 }
                 return vec![];
             }
@@ -185,17 +190,24 @@ impl Lane {
             tokio::time::sleep(pause).await;
         }
         self.store.announce(changes(writes));
+        let decided = outcomes.iter().filter(|o| o.is_some()).count() as u64;
+        metrics::counter!(names::WRITE_COMMANDS).increment(decided);
+        metrics::counter!(names::WRITE_DEFERRED).increment(commands.len() as u64 - decided);
+        metrics::histogram!(names::WRITE_BATCH_SIZE).record(decided as f64);
         let mut put_off = vec![];
-        for (mut job, outcome) in jobs.into_iter().zip(outcomes) {
+        for ((command, (reply, deferred)), outcome) in commands.into_iter().zip(waiters).zip(outcomes) {
             match outcome {
                 Some(result) => {
                     self.stats.commands.fetch_add(1, Ordering::Relaxed);
-                    let _ = job.reply.send(result.map_err(Error::from));
+                    let _ = reply.send(result.map_err(Error::from));
                 }
                 None => {
                     self.stats.deferred.fetch_add(1, Ordering::Relaxed);
-                    job.deferred += 1;
-                    put_off.push(job);
+                    put_off.push(Job {
+                        command,
+                        reply,
+                        deferred: deferred + 1,
+                    });
                 }
             }
         }
@@ -210,16 +222,38 @@ impl Lane {
         commands: &[Command],
         locks: &[Lock],
         wait: bool,
-        reads: &Reads,
     ) -> Result<(Vec<Option<Result<Outcome, crate::domain::DomainError>>>, Writes), StoreError> {
-        let (tx, loaded) = self.store.begin_batch(self.lane, locks, wait, reads).await?;
+        // Machines come from the replica's cache; the commit checks every version used.
+        let mut reads = Reads::default();
+        for c in commands {
+            c.reads(&mut reads);
+        }
+        reads
+            .machines
+            .retain(|(ns, kind)| self.machines.get(ns, kind).is_none());
+        let (mut tx, loaded) = self.store.begin_batch(self.lane, locks, wait, &reads).await?;
         let held: std::collections::HashSet<i64> = locks
             .iter()
             .zip(&loaded.granted)
             .filter(|(_, held)| **held)
             .map(|(l, _)| l.key)
             .collect();
-        let rows = loaded.into_rows(|ns, m| self.machines.parsed(ns, m))?;
+        let mut rows = loaded.into_rows(|ns, m| self.machines.parsed(ns, m))?;
+        let mut missing = rows.missing_machines(commands);
+        missing.retain(|(ns, kind)| match self.machines.get(ns, kind) {
+            Some(m) => {
+                rows.machines.insert((ns.clone(), kind.clone()), m);
+                false
+            }
+            None => true,
+        });
+        if !missing.is_empty() {
+            // The first use of a kind on this replica: one more round trip.
+            for (ns, m) in tx.machines(&missing).await? {
+                let parsed = self.machines.parsed(&ns, &m)?;
+                rows.machines.insert((ns, m.kind), parsed);
+            }
+        }
         let mut batch = Batch::new(rows);
         let outcomes: Vec<_> = commands
             .iter()

@@ -22,6 +22,7 @@ use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::{Clock, Timestamp};
 use crate::faults::Faults;
 use async_trait::async_trait;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -113,7 +114,7 @@ pub struct Loaded {
     pub leases: Vec<(Namespace, LeaseRow)>,
     /// Stored request outcomes found.
     pub requests: Vec<(Namespace, RequestId, StoredRequest)>,
-    /// The machines asked for by kind, and those of every entity found.
+    /// The machines asked for by kind.
     pub machines: Vec<(Namespace, MachineRow)>,
 }
 
@@ -159,7 +160,7 @@ pub trait Store: Send + Sync + 'static {
     fn lanes(&self) -> usize;
     /// First round trip of a write batch on `lane`: begins a transaction, takes `locks` in
     /// their order — each tried (`wait` false) or waited for (`wait` true) — reads the store
-    /// clock, then reads what `reads` names.
+    /// clock, then reads what `reads` names (nothing is sent for what it does not name).
     async fn begin_batch(
         &self,
         lane: usize,
@@ -209,6 +210,9 @@ pub trait Store: Send + Sync + 'static {
 /// The second round trip of a write batch. Dropped without [`BatchTx::commit`], it rolls back.
 #[async_trait]
 pub trait BatchTx: Send {
+    /// The machines of `kinds`, read inside the batch's transaction: a third round trip,
+    /// for the kinds a replica has not cached yet.
+    async fn machines(&mut self, kinds: &BTreeSet<(Namespace, Name)>) -> Result<Vec<(Namespace, MachineRow)>>;
     /// Writes everything and commits. [`StoreError::Conflict`]: nothing was written (a
     /// machine was redefined, a row appeared), decide the batch again; `Unavailable`: the
     /// commit's fate is unknown.

@@ -342,6 +342,11 @@ async fn fault_run(name: &str, backend: Backend, fault: Fault) {
     for seed in seeds(backend, fault) {
         let report = run(backend, fault, seed).await;
         eprintln!("{report}");
+        // Kept on disk too, so a failure in CI leaves its evidence whatever the output shows.
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-reports");
+        let _ = std::fs::create_dir_all(&dir);
+        let text = format!("{report}\n{}\n", report.violations.join("\n"));
+        let _ = std::fs::write(dir.join(format!("{name}-{seed}.txt")), text);
         assert!(
             report.violations.is_empty(),
             "{report}\n{}\nreproduce with: BATON_FAULT_SEED={seed} cargo test --test fault {name} -- --nocapture",

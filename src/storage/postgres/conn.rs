@@ -33,7 +33,7 @@ queries!(
     entities_by_dedup,
     leases_by_key,
     requests_by_id,
-    machines,
+    machines_by_kind,
     expect_machines,
     upsert_leases,
     insert_entities,

@@ -84,7 +84,7 @@ fn keys<T: serde::Serialize>(keys: impl IntoIterator<Item = T>) -> String {
 
 async fn machines_by_kind(
     conn: &mut SqliteConnection,
-    wanted: &BTreeSet<(String, String)>,
+    wanted: &BTreeSet<(Namespace, Name)>,
 ) -> Result<Vec<(Namespace, MachineRow)>> {
     if wanted.is_empty() {
         return Ok(vec![]);
@@ -200,15 +200,9 @@ impl Store for SqliteStore {
                     .await?;
             requests = rows.into_iter().map(decode::request).collect::<Result<_>>()?;
         }
-        // The machines asked for, and those of every entity found.
-        let wanted: BTreeSet<(String, String)> = reads
-            .machines
-            .iter()
-            .map(|(n, k)| (n.to_string(), k.to_string()))
-            .chain(entities.iter().map(|(n, e)| (n.to_string(), e.kind.to_string())))
-            .collect();
-        let machines = machines_by_kind(&mut tx, &wanted).await?;
+        let machines = machines_by_kind(&mut tx, &reads.machines).await?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::names::DB_ROUND_TRIPS).increment(1);
         let loaded = Loaded {
             granted: vec![true; locks.len()],
             now,
@@ -358,6 +352,12 @@ struct SqliteBatch {
 
 #[async_trait]
 impl BatchTx for SqliteBatch {
+    async fn machines(&mut self, kinds: &BTreeSet<(Namespace, Name)>) -> Result<Vec<(Namespace, MachineRow)>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::names::DB_ROUND_TRIPS).increment(1);
+        machines_by_kind(&mut self.tx, kinds).await
+    }
+
     async fn commit(mut self: Box<Self>, writes: &Writes) -> Result<()> {
         let tx = &mut self.tx;
         // The same contract as Postgres, though one writer makes it hold by construction:
@@ -444,6 +444,7 @@ impl BatchTx for SqliteBatch {
         }
         self.tx.commit().await?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::names::DB_ROUND_TRIPS).increment(1);
         Ok(())
     }
 }
