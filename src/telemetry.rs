@@ -12,6 +12,10 @@ pub mod names {
     pub const WRITE_DEFERRED: &str = "baton_write_deferred_total";
     /// Commands per batch.
     pub const WRITE_BATCH_SIZE: &str = "baton_write_batch_size";
+    /// Seconds per phase of the write path, by `phase`: `queue` (a command waiting for its
+    /// batch), `read` (begin, lock and read: one round trip), `decide` (the domain rules, in
+    /// memory), `commit` (write and commit: one round trip).
+    pub const WRITE_PHASE_SECONDS: &str = "baton_write_phase_seconds";
     /// Database round trips of the write path.
     pub const DB_ROUND_TRIPS: &str = "baton_db_round_trips_total";
 }

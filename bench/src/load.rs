@@ -115,6 +115,17 @@ impl FenceLeases {
 }
 
 /// A fresh request id, as an orchestrator sends with every mutating call.
+/// The key client `worker` of `clients` works on next, out of `n`: one of the keys it owns
+/// (`worker`, `worker + clients`, …), as an orchestrator only drives the entities whose
+/// lease it holds. With more clients than keys the surplus clients share all of them.
+pub fn owned_key(rng: &mut fastrand::Rng, worker: usize, clients: usize, n: usize) -> usize {
+    if clients == 0 || worker >= n {
+        return rng.usize(..n);
+    }
+    let owned = (n - worker).div_ceil(clients);
+    worker + clients * rng.usize(..owned)
+}
+
 pub fn request_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
@@ -258,6 +269,22 @@ mod tests {
         let (cell, _) = run.settle(&mut cumulative);
         assert_eq!(cell.touched(), vec![1, 2]);
         assert_eq!((cumulative.get(0), cumulative.get(1), cumulative.get(2)), (1, 2, 1));
+    }
+
+    #[test]
+    fn clients_own_disjoint_keys_that_cover_them_all() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (clients, n) = (3, 10);
+        let mut owner = vec![None; n];
+        for w in 0..clients {
+            for _ in 0..200 {
+                let k = owned_key(&mut rng, w, clients, n);
+                assert_eq!(*owner[k].get_or_insert(w), w, "key {k} picked by two clients");
+            }
+        }
+        assert!(owner.iter().all(Option::is_some), "a key nobody picks: {owner:?}");
+        // More clients than keys: the surplus ones still get a key in range.
+        assert!(owned_key(&mut rng, 5, 8, 4) < 4);
     }
 
     #[test]

@@ -40,8 +40,9 @@ pub struct BenchArgs {
     /// The `baton` executable to spawn (default: $BATON_BIN, else the one beside baton-bench).
     #[arg(long)]
     baton_bin: Option<std::path::PathBuf>,
-    /// Database of the spawned server (postgres default: the local `test` database;
-    /// sqlite default: a fresh temporary file).
+    /// Database of the spawned server (default: a fresh one, dropped at the end: a new
+    /// database on $DATABASE_URL's server, else on postgres://postgres@127.0.0.1:5432/test;
+    /// for sqlite a new temporary file).
     #[arg(long, env = "BATON_BENCH_DATABASE_URL", requires = "spawn")]
     database_url: Option<String>,
     /// `--pool-size` passed to the spawned server.
@@ -149,6 +150,14 @@ impl Scenario {
             Scenario::FencedTransition => "fenced-transition",
             Scenario::Append => "append",
             Scenario::StreamFanout => "stream-fanout",
+        }
+    }
+
+    /// Write calls in one op (a lease cycle acquires, then releases).
+    pub fn writes_per_op(self) -> u64 {
+        match self {
+            Scenario::LeaseCycle => 2,
+            _ => 1,
         }
     }
 
@@ -393,7 +402,7 @@ async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         notes.push(format!("round trips per call and batch sizes not measured: {e}"));
     }
 
-    let mut baton = systems::baton::Baton::setup(&target, &plan, metrics.clone().ok())
+    let mut baton = systems::baton::Baton::setup(&target, &plan, metrics.clone().ok(), server_pid)
         .await
         .map_err(|e| format!("baton at {target}: {e}"))?;
     let mut pg = if wants(BaselineArg::Postgres) {

@@ -1,6 +1,7 @@
 //! The server's own counts of its write path, read from its admin endpoint (`GET /metrics`,
 //! Prometheus text format) before and after each baton cell: database round trips, write
-//! batches (transactions of the commit pipeline) and the commands they carried.
+//! batches (transactions of the commit pipeline) and the commands they carried, and the time
+//! spent in each phase of the write path (where one call's microseconds go).
 //!
 //! A plain HTTP/1.1 GET over a `TcpStream` is all a scrape needs, so no HTTP client crate.
 
@@ -15,6 +16,10 @@ pub const BATCHES: &str = "baton_write_batches_total";
 pub const COMMANDS: &str = "baton_write_commands_total";
 /// Database round trips of the write path.
 pub const ROUND_TRIPS: &str = "baton_db_round_trips_total";
+/// Seconds per phase of the write path (a summary: `_sum` and `_count` per `phase`).
+pub const PHASE_SECONDS: &str = "baton_write_phase_seconds";
+/// The phases, in the order a command goes through them.
+pub const PHASES: [&str; 4] = ["queue", "read", "decide", "commit"];
 
 /// Longest a scrape may take (connect, send, read to the end).
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,10 +147,17 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
 /// The sum over every series of `name` in a Prometheus text page; `None` when the page has
 /// no sample of that name. Comments, other metrics and lines that do not parse are skipped.
 pub fn sum(text: &str, name: &str) -> Option<f64> {
+    sum_where(text, name, None)
+}
+
+/// [`sum`] over the series of `name` whose label `label.0` is exactly `label.1` (all of them
+/// when `label` is `None`).
+pub fn sum_where(text: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
     let mut total = None;
     for line in text.lines() {
-        if let Some((sample, value)) = sample(line)
+        if let Some((sample, labels, value)) = sample(line)
             && sample == name
+            && label.is_none_or(|(k, v)| has_label(labels, k, v))
         {
             *total.get_or_insert(0.0) += value;
         }
@@ -153,16 +165,19 @@ pub fn sum(text: &str, name: &str) -> Option<f64> {
     total
 }
 
-/// `(metric name, value)` of one sample line: `name[{labels}] value [timestamp]`.
-fn sample(line: &str) -> Option<(&str, f64)> {
+/// `(metric name, label set with its braces or "", value)` of one sample line:
+/// `name[{labels}] value [timestamp]`.
+fn sample(line: &str) -> Option<(&str, &str, f64)> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
     let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
     let (name, mut rest) = line.split_at(name_end);
+    let mut labels = "";
     if rest.starts_with('{') {
-        rest = &rest[labels_end(rest)?..];
+        let end = labels_end(rest)?;
+        (labels, rest) = rest.split_at(end);
     }
     let value = rest.split_whitespace().next()?;
     let value = match value {
@@ -170,7 +185,15 @@ fn sample(line: &str) -> Option<(&str, f64)> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some((name, value))
+    Some((name, labels, value))
+}
+
+/// Whether a label set (`{k="v",…}`) has `key="value"`, the value written without escapes.
+fn has_label(labels: &str, key: &str, value: &str) -> bool {
+    let want = format!("{key}=\"{value}\"");
+    labels
+        .match_indices(&want)
+        .any(|(i, _)| matches!(labels[..i].chars().next_back(), Some('{' | ',')))
 }
 
 /// The index just past the `}` closing a label set that starts at 0, skipping quoted
@@ -196,6 +219,10 @@ pub struct Counters {
     pub round_trips: Option<f64>,
     pub batches: Option<f64>,
     pub commands: Option<f64>,
+    /// Per phase of [`PHASES`]: seconds in it and times it was timed.
+    pub phases: [(Option<f64>, Option<f64>); 4],
+    /// CPU seconds the server process has used (from /proc, not the page), when known.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Counters {
@@ -205,6 +232,14 @@ impl Counters {
             round_trips: sum(text, ROUND_TRIPS),
             batches: sum(text, BATCHES),
             commands: sum(text, COMMANDS),
+            phases: PHASES.map(|p| {
+                let label = Some(("phase", p));
+                (
+                    sum_where(text, &format!("{PHASE_SECONDS}_sum"), label),
+                    sum_where(text, &format!("{PHASE_SECONDS}_count"), label),
+                )
+            }),
+            cpu_seconds: None,
         }
     }
 
@@ -219,6 +254,12 @@ impl Counters {
             round_trips: d(self.round_trips, before.round_trips),
             batches: d(self.batches, before.batches),
             commands: d(self.commands, before.commands),
+            cpu_seconds: d(self.cpu_seconds, before.cpu_seconds),
+            phase_means: std::array::from_fn(|i| {
+                let ((sum, count), (sum0, count0)) = (self.phases[i], before.phases[i]);
+                let n = d(count, count0)?;
+                (n > 0.0).then_some(Duration::from_secs_f64((d(sum, sum0)? / n).max(0.0)))
+            }),
         }
     }
 }
@@ -229,6 +270,12 @@ pub struct ServerCounts {
     pub round_trips: Option<f64>,
     pub batches: Option<f64>,
     pub commands: Option<f64>,
+    /// CPU seconds the server used over the cell, all threads.
+    pub cpu_seconds: Option<f64>,
+    /// Mean time per phase of [`PHASES`] over the cell: `queue` per command, the others per
+    /// batch (a retried batch counts each try). In JSON as `phase_means_us` of the cell.
+    #[serde(skip)]
+    pub phase_means: [Option<Duration>; 4],
 }
 
 impl ServerCounts {
@@ -236,6 +283,11 @@ impl ServerCounts {
     /// flight at the end included); `None` without a count or without calls.
     pub fn round_trips_per_call(&self, calls: u64) -> Option<f64> {
         (calls > 0).then_some(self.round_trips? / calls as f64)
+    }
+
+    /// Server CPU per call the bench made, in µs; `None` without a reading or without calls.
+    pub fn cpu_per_call_us(&self, calls: u64) -> Option<f64> {
+        (calls > 0).then_some(self.cpu_seconds? * 1e6 / calls as f64)
     }
 
     /// Commands per write batch; `None` without a count or without batches.
@@ -273,8 +325,30 @@ process_resident_memory_bytes 1.2e7
         assert_eq!(sum(PAGE, "absent_total"), None);
         assert_eq!(sum("", BATCHES), None);
         assert_eq!(sample("x{a=\"unclosed} 1"), None);
-        assert_eq!(sample("x{a=\"b\"} 3 17"), Some(("x", 3.0)));
-        assert_eq!(sample("x NaN").map(|(_, v)| v.is_nan()), Some(true));
+        assert_eq!(sample("x{a=\"b\"} 3 17"), Some(("x", "{a=\"b\"}", 3.0)));
+        assert_eq!(sample("x NaN").map(|(_, _, v)| v.is_nan()), Some(true));
+        assert_eq!(sum_where(PAGE, BATCHES, Some(("backend", "sqlite"))), Some(5.0));
+        assert_eq!(sum_where(PAGE, BATCHES, Some(("backend", "postgre"))), None);
+        // A key that merely ends like the one asked for is another label.
+        assert_eq!(sum_where(PAGE, BATCHES, Some(("kend", "postgres"))), None);
+    }
+
+    #[test]
+    fn phase_means_come_from_summary_sums_and_counts() {
+        let page = |read_sum: f64, read_count: f64| {
+            format!(
+                "baton_write_phase_seconds{{phase=\"read\",quantile=\"0.5\"}} 9\n\
+                 baton_write_phase_seconds_sum{{phase=\"read\"}} {read_sum}\n\
+                 baton_write_phase_seconds_count{{phase=\"read\"}} {read_count}\n\
+                 baton_write_phase_seconds_sum{{phase=\"commit\"}} 1\n\
+                 baton_write_phase_seconds_count{{phase=\"commit\"}} 4\n"
+            )
+        };
+        let d = Counters::parse(&page(0.5, 100.0)).since(&Counters::parse(&page(0.2, 40.0)));
+        let [queue, read, decide, commit] = d.phase_means;
+        assert_eq!((queue, decide), (None, None), "phases the page lacks have no mean");
+        assert_eq!(read.map(|m| m.as_micros()), Some(5000));
+        assert_eq!(commit, None, "nothing was timed in the cell: no mean, never 0");
     }
 
     #[test]
@@ -291,7 +365,9 @@ process_resident_memory_bytes 1.2e7
             ServerCounts {
                 round_trips: Some(300.0),
                 batches: Some(50.0),
-                commands: Some(200.0)
+                commands: Some(200.0),
+                cpu_seconds: None,
+                phase_means: [None; 4],
             }
         );
         assert_eq!(d.round_trips_per_call(150), Some(2.0));
@@ -364,7 +440,9 @@ process_resident_memory_bytes 1.2e7
             Counters {
                 round_trips: Some(9.0),
                 batches: Some(3.0),
-                commands: Some(6.0)
+                commands: Some(6.0),
+                phases: [(None, None); 4],
+                cpu_seconds: None,
             }
         );
         let request = server.await.unwrap();

@@ -1,5 +1,6 @@
 //! The run's results as a human table or one JSON document.
 
+use super::metrics::PHASES;
 use super::stats::rate;
 use super::{Cell, Plan, Results, System};
 use serde_json::{Value, json};
@@ -40,9 +41,52 @@ fn round_trips_per_call(cell: &Cell) -> Option<f64> {
     cell.server?.round_trips_per_call(cell.calls?)
 }
 
+/// Server CPU µs per call the bench made, when known.
+fn cpu_per_call(cell: &Cell) -> Option<f64> {
+    cell.server?.cpu_per_call_us(cell.calls?)
+}
+
 /// Commands per write batch (server-counted), when known.
 fn mean_batch_size(cell: &Cell) -> Option<f64> {
     cell.server?.mean_batch_size()
+}
+
+/// The server's mean time per write-path phase over the cell, `(phase, µs)`, for the phases
+/// it timed.
+fn phase_means(cell: &Cell) -> Vec<(&'static str, u64)> {
+    let Some(server) = cell.server else { return vec![] };
+    PHASES
+        .iter()
+        .zip(server.phase_means)
+        .filter_map(|(p, m)| Some((*p, m?.as_micros() as u64)))
+        .collect()
+}
+
+/// Where one op's time goes, for a one-client baton cell: its p50 at the client beside
+/// the server's phase means, times the op's write calls (the rest is gRPC, HTTP/2, the
+/// handler and the client).
+fn profile(cell: &Cell) -> Option<String> {
+    let phases = phase_means(cell);
+    if cell.system != System::Baton || cell.clients != 1 || cell.skipped.is_some() || phases.is_empty() {
+        return None;
+    }
+    let writes = cell.scenario.writes_per_op();
+    let server: u64 = phases.iter().map(|(_, us)| us).sum::<u64>() * writes;
+    let p50 = cell.stats.latency.summary().p50;
+    let parts: Vec<String> = phases.iter().map(|(p, us)| format!("{p} {}", dur(*us))).collect();
+    let times = if writes > 1 {
+        format!("{writes} x ")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "profile {} x1: client p50 {} = write path {} ({times}{}) + the rest {}",
+        cell.scenario.name(),
+        dur(p50),
+        dur(server),
+        parts.join(", "),
+        dur(p50.saturating_sub(server))
+    ))
 }
 
 /// A server-counted figure, or "—" when there is none.
@@ -76,7 +120,7 @@ pub fn table(results: &Results, plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<17} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:<12} checks",
+        "{:<17} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>8} {:<12} checks",
         "scenario",
         "clients",
         "system",
@@ -88,16 +132,18 @@ pub fn table(results: &Results, plan: &Plan) -> String {
         "baton/x",
         "rt/call",
         "batch",
+        "cpu/call",
         "errors"
     );
     for c in &results.cells {
         if let Some(why) = &c.skipped {
             let _ = writeln!(
                 out,
-                "{:<17} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:<12} — ({why})",
+                "{:<17} {:>7} {:<9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>8} {:<12} — ({why})",
                 c.scenario.name(),
                 c.clients,
                 c.system.name(),
+                "—",
                 "—",
                 "—",
                 "—",
@@ -113,7 +159,7 @@ pub fn table(results: &Results, plan: &Plan) -> String {
         let q = c.stats.latency.summary();
         let _ = writeln!(
             out,
-            "{:<17} {:>7} {:<9} {:>10.0} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:<12} {}",
+            "{:<17} {:>7} {:<9} {:>10.0} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>8} {:<12} {}",
             c.scenario.name(),
             c.clients,
             c.system.name(),
@@ -125,6 +171,7 @@ pub fn table(results: &Results, plan: &Plan) -> String {
             ratio(results, c).map_or("".into(), |r| format!("{r:.2}x")),
             figure(round_trips_per_call(c)),
             figure(mean_batch_size(c)),
+            cpu_per_call(c).map_or("—".into(), |us| dur(us.round() as u64)),
             errors(c),
             checks(c)
         );
@@ -162,11 +209,24 @@ pub fn table(results: &Results, plan: &Plan) -> String {
             let _ = writeln!(
                 out,
                 "rt/call: the server's database round trips over every call the bench sent in the cell \
-                 (warm-up included); batch: commands per write batch; read at {url}"
+                 (warm-up included); batch: commands per write batch; cpu/call: the server \
+                 process's CPU time (all threads) over those calls; read at {url}"
             );
         }
         Err(_) => {
             let _ = writeln!(out, "rt/call, batch: — (no server metrics, see the notes)");
+        }
+    }
+    let profiles: Vec<String> = results.cells.iter().filter_map(profile).collect();
+    if !profiles.is_empty() {
+        let _ = writeln!(
+            out,
+            "profiles: the server's mean per write-path phase (queue: waiting for a batch; read: \
+             begin, lock and read; decide: the rules in memory; commit: write and commit); the \
+             rest is gRPC, HTTP/2, the handler and the client"
+        );
+        for p in profiles {
+            let _ = writeln!(out, "{p}");
         }
     }
     for n in &results.notes {
@@ -212,6 +272,8 @@ fn cell_json(results: &Results, c: &Cell) -> Value {
         "server": c.server,
         "round_trips_per_call": round_trips_per_call(c),
         "mean_batch_size": mean_batch_size(c),
+        "server_cpu_per_call_us": cpu_per_call(c),
+        "phase_means_us": phase_means(c).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         "fanout": fanout,
     })
 }
@@ -246,6 +308,35 @@ mod tests {
         assert_eq!(figure(None), "—");
         assert_eq!(figure(Some(2.0)), "2.00");
         assert_eq!(figure(Some(1.0 / 3.0)), "0.33");
+    }
+
+    #[test]
+    fn a_one_client_profile_adds_the_phases_of_every_write_of_an_op() {
+        use crate::{Scenario, metrics::ServerCounts};
+        use std::time::Duration;
+        let cell = |scenario, clients, system| {
+            let mut c = Cell::new(scenario, clients, system, Duration::from_secs(1));
+            c.stats.latency.record(Duration::from_micros(1_000));
+            c.server = Some(ServerCounts {
+                phase_means: [Some(10), Some(200), None, Some(300)].map(|m| m.map(Duration::from_micros)),
+                ..ServerCounts::default()
+            });
+            c
+        };
+        let p50 = cell(Scenario::Transition, 1, System::Baton).stats.latency.summary().p50;
+        assert_eq!(
+            profile(&cell(Scenario::Transition, 1, System::Baton)).unwrap(),
+            format!(
+                "profile transition x1: client p50 {} = write path 510µs (queue 10µs, read 200µs, \
+                 commit 300µs) + the rest {}",
+                dur(p50),
+                dur(p50 - 510)
+            )
+        );
+        let cycle = profile(&cell(Scenario::LeaseCycle, 1, System::Baton)).unwrap();
+        assert!(cycle.contains("write path 1.02ms (2 x queue 10µs"), "{cycle}");
+        assert_eq!(profile(&cell(Scenario::Transition, 16, System::Baton)), None);
+        assert_eq!(profile(&cell(Scenario::Transition, 1, System::Postgres)), None);
     }
 
     #[test]

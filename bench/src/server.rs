@@ -1,9 +1,8 @@
 //! A `baton serve` child for `--spawn` (started through `baton::process`), its admin
 //! (metrics) address, and a server's resident memory from /proc.
 
-use crate::DEFAULT_PG_URL;
 use baton::Backend;
-use baton::process::{self, ServeProcess};
+use baton::process::{self, ServeProcess, TempDatabase};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,13 +12,15 @@ use std::time::Duration;
 /// listeners are bound at start-up, so it is there at once or never.
 const ADMIN_LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A spawned server, with the temporary directory holding its SQLite file; killed on drop.
+/// A spawned server, with the fresh database it was given; killed on drop, then the
+/// database is dropped (fields drop in order).
 pub struct Spawned {
     process: ServeProcess,
     /// The admin listener (`GET /metrics`), or why there is none.
     admin: Result<SocketAddr, String>,
-    /// Holds the SQLite file of a spawned sqlite server until the end.
-    _dir: Option<tempfile::TempDir>,
+    /// The fresh database made for it when none was given: as empty as the baselines'
+    /// freshly created tables, so neither side starts with a bigger store.
+    _db: Option<TempDatabase>,
 }
 
 impl Spawned {
@@ -32,12 +33,11 @@ impl Spawned {
         database_url: Option<String>,
         pool_size: Option<u32>,
     ) -> Result<Self, String> {
-        let (url, dir) = match (backend, database_url) {
-            (_, Some(url)) => (url, None),
-            (Backend::Postgres, None) => (DEFAULT_PG_URL.to_string(), None),
-            (Backend::Sqlite, None) => {
-                let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
-                (format!("sqlite:{}", dir.path().join("bench.db").display()), Some(dir))
+        let (url, db) = match database_url {
+            Some(url) => (url, None),
+            None => {
+                let db = TempDatabase::new(backend).await?;
+                (db.url().to_string(), Some(db))
             }
         };
         let bin = match bin {
@@ -72,7 +72,7 @@ impl Spawned {
         Ok(Self {
             process,
             admin,
-            _dir: dir,
+            _db: db,
         })
     }
 
@@ -130,6 +130,26 @@ pub fn rss_kib(pid: u32) -> Result<u64, String> {
     parse_vm_rss(&text).ok_or_else(|| format!("no VmRSS line in {path}"))
 }
 
+/// CPU time a process has used so far, all threads, user and system (utime + stime of
+/// /proc/PID/stat, in clock ticks of USER_HZ, which Linux fixes at 100 for user space).
+pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    parse_cpu_ticks(&text)
+        .map(|ticks| ticks as f64 / 100.0)
+        .ok_or_else(|| format!("no utime/stime in {path}"))
+}
+
+/// utime + stime: fields 14 and 15, counted after the command name, which is in parentheses
+/// and may hold spaces and parentheses itself.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.trim_start_matches("VmRSS:")
@@ -143,6 +163,15 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_counted_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (baton (a) b) S 1 4242 4242 0 -1 4194560 900 0 0 0 731 269 0 0 20 0 9 0 1 2 3";
+        assert_eq!(parse_cpu_ticks(stat), Some(1000));
+        assert_eq!(parse_cpu_ticks("4242 (baton) S 1"), None);
+        let me = cpu_seconds(std::process::id()).unwrap();
+        assert!(me >= 0.0, "{me}");
+    }
 
     #[test]
     fn vm_rss_is_read_in_kib() {

@@ -89,6 +89,12 @@ fn server_figures_are_real_or_absent(doc: &Value) {
         for cell in &baton {
             assert!(cell["round_trips_per_call"].as_f64().unwrap() > 0.0, "{cell:#}");
             assert!(cell["mean_batch_size"].as_f64().unwrap() >= 1.0, "{cell:#}");
+            // Every write went through the four phases, each timed by the server.
+            let phases = cell["phase_means_us"].as_object().unwrap();
+            let names: Vec<&str> = phases.keys().map(String::as_str).collect();
+            assert_eq!(names, ["commit", "decide", "queue", "read"], "{cell:#}");
+            // The spawned server's CPU is read from /proc around the cell.
+            assert!(cell["server_cpu_per_call_us"].as_f64().unwrap() >= 0.0, "{cell:#}");
         }
     } else {
         let why = doc["server_metrics"]["error"].as_str().expect("why no metrics");
@@ -261,7 +267,7 @@ async fn server_counted_figures_come_from_the_metrics_endpoint() {
         assert_eq!(cell["checks"], "ok", "{cell:#}");
         assert_eq!(
             cell["server"],
-            serde_json::json!({ "round_trips": 1000.0, "batches": 10.0, "commands": 40.0 }),
+            serde_json::json!({ "round_trips": 1000.0, "batches": 10.0, "commands": 40.0, "cpu_seconds": null }),
             "{cell:#}"
         );
         let calls = cell["calls"].as_u64().unwrap();

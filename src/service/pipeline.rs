@@ -26,6 +26,7 @@ use crate::telemetry::names;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands in one batch.
@@ -50,14 +51,17 @@ pub struct PipelineStats {
     pub deferred: AtomicU64,
 }
 
-/// A caller waiting for its command's outcome, and how often the command was put off.
-type Waiter = (oneshot::Sender<Result<Outcome>>, u32);
+/// A caller waiting for its command's outcome, how often the command was put off, and when
+/// it was handed over.
+type Waiter = (oneshot::Sender<Result<Outcome>>, u32, Instant);
 
 struct Job {
     command: Command,
     reply: oneshot::Sender<Result<Outcome>>,
     /// Times put off so far.
     deferred: u32,
+    /// When the caller handed it over.
+    submitted: Instant,
 }
 
 /// The replica's commit lanes.
@@ -111,6 +115,7 @@ impl Pipeline {
             command,
             reply,
             deferred: 0,
+            submitted: Instant::now(),
         };
         if self.lanes[lane].send(job).await.is_err() {
             return Err(Error::ShuttingDown { last_seq: None });
@@ -157,10 +162,16 @@ impl Lane {
     /// Runs one batch; returns the jobs put off to the next.
     async fn batch(&self, jobs: Vec<Job>) -> Vec<Job> {
         let wait = jobs.iter().any(|j| j.deferred >= WAIT_AFTER);
+        let started = Instant::now();
+        for job in &jobs {
+            phase("queue", started.saturating_duration_since(job.submitted));
+        }
         // The commands move out of their jobs (no copy of their payloads); the put-off ones
         // move back.
-        let (commands, waiters): (Vec<Command>, Vec<Waiter>) =
-            jobs.into_iter().map(|j| (j.command, (j.reply, j.deferred))).unzip();
+        let (commands, waiters): (Vec<Command>, Vec<Waiter>) = jobs
+            .into_iter()
+            .map(|j| (j.command, (j.reply, j.deferred, j.submitted)))
+            .unzip();
         let locks = Lock::union(&commands);
         let mut attempt = 1;
         let decided = loop {
@@ -180,7 +191,7 @@ impl Lane {
                 // Nothing of the batch is known to have committed: every caller hears why
                 // (UNAVAILABLE may mean "committed, answer lost"; request ids tell).
                 let error: Error = e.into();
-                for (reply, _) in waiters {
+                for (reply, ..) in waiters {
                     let _ = reply.send(Err(clone_error(&error)));
                 }
                 return vec![];
@@ -195,7 +206,7 @@ impl Lane {
         metrics::counter!(names::WRITE_DEFERRED).increment(commands.len() as u64 - decided);
         metrics::histogram!(names::WRITE_BATCH_SIZE).record(decided as f64);
         let mut put_off = vec![];
-        for ((command, (reply, deferred)), outcome) in commands.into_iter().zip(waiters).zip(outcomes) {
+        for ((command, (reply, deferred, submitted)), outcome) in commands.into_iter().zip(waiters).zip(outcomes) {
             match outcome {
                 Some(result) => {
                     self.stats.commands.fetch_add(1, Ordering::Relaxed);
@@ -207,6 +218,7 @@ impl Lane {
                         command,
                         reply,
                         deferred: deferred + 1,
+                        submitted,
                     });
                 }
             }
@@ -231,6 +243,7 @@ impl Lane {
         reads
             .machines
             .retain(|(ns, kind)| self.machines.get(ns, kind).is_none());
+        let read = Instant::now();
         let (mut tx, loaded) = self.store.begin_batch(self.lane, locks, wait, &reads).await?;
         let held: std::collections::HashSet<i64> = locks
             .iter()
@@ -254,18 +267,23 @@ impl Lane {
                 rows.machines.insert((ns, m.kind), parsed);
             }
         }
+        phase("read", read.elapsed());
+        let decide = Instant::now();
         let mut batch = Batch::new(rows);
         let outcomes: Vec<_> = commands
             .iter()
             .map(|c| c.locks().iter().all(|l| held.contains(&l.key)).then(|| batch.apply(c)))
             .collect();
         let writes = batch.finish();
+        phase("decide", decide.elapsed());
+        let commit = Instant::now();
         tx.commit(&writes).await.inspect_err(|e| {
             if matches!(e, StoreError::Conflict(_)) {
                 // A machine may have changed: read it afresh next time.
                 self.machines.forget_all();
             }
         })?;
+        phase("commit", commit.elapsed());
         Ok((outcomes, writes))
     }
 }
@@ -295,6 +313,12 @@ fn changes(writes: Writes) -> Vec<Change> {
     }
     tapes.extend(writes.freed.into_iter().map(|(ns, key)| Change::LeaseFreed { ns, key }));
     tapes
+}
+
+/// Records how long a phase of the write path took (`queue`: a command waiting for its
+/// batch; `read`, `decide`, `commit`: the three steps of a batch).
+fn phase(name: &'static str, took: std::time::Duration) {
+    metrics::histogram!(names::WRITE_PHASE_SECONDS, "phase" => name).record(took.as_secs_f64());
 }
 
 /// An error for each caller of a failed batch.

@@ -37,6 +37,8 @@ pub struct Baton {
     fence: Option<Fence>,
     /// The server's metrics, read around every cell.
     metrics: Option<Endpoint>,
+    /// The server's process, for its CPU time around every cell (spawned or --server-pid).
+    server_pid: Option<u32>,
     /// What went wrong reading them, for the report's notes.
     notes: Vec<String>,
 }
@@ -160,8 +162,14 @@ fn event(payload: Vec<u8>) -> proto::EventInput {
 impl Baton {
     /// Connects, defines the bench machine in a fresh namespace and creates the entities
     /// of the selected scenarios, and fenced-transition's leases (concurrently, before any
-    /// timing). `metrics`, when given, is read before and after every cell.
-    pub async fn setup(url: &str, plan: &Plan, metrics: Option<Endpoint>) -> Result<Self, String> {
+    /// timing). `metrics`, when given, is read before and after every cell, and with it the
+    /// CPU time of `server_pid`.
+    pub async fn setup(
+        url: &str,
+        plan: &Plan,
+        metrics: Option<Endpoint>,
+        server_pid: Option<u32>,
+    ) -> Result<Self, String> {
         let admin = connect_many(url, 4).await?;
         let ns: Arc<str> = format!("bench-{}", uuid::Uuid::now_v7().simple()).into();
         admin[0]
@@ -180,6 +188,7 @@ impl Baton {
             fanouts: 0,
             fence: None,
             metrics,
+            server_pid,
             notes: vec![],
         };
         for &s in &plan.scenarios {
@@ -301,7 +310,10 @@ impl Baton {
 
     async fn scrape(&mut self, scenario: Scenario, clients: u32) -> Option<Counters> {
         match self.metrics.as_ref()?.scrape().await {
-            Ok(c) => Some(c),
+            Ok(mut c) => {
+                c.cpu_seconds = self.server_pid.and_then(|pid| crate::server::cpu_seconds(pid).ok());
+                Some(c)
+            }
             Err(e) => {
                 self.notes
                     .push(format!("{} with {clients} client(s): {e}", scenario.name()));
@@ -447,8 +459,11 @@ impl Baton {
         let conns = connect_many(&self.url, clients as usize).await?;
         let workers = conns
             .into_iter()
-            .map(|c| FencedWorker {
+            .enumerate()
+            .map(|(worker, c)| FencedWorker {
                 c,
+                worker,
+                clients: clients as usize,
                 ns: self.ns.clone(),
                 ids: ids.clone(),
                 tokens: fence.tokens.clone(),
@@ -775,6 +790,9 @@ impl Worker for EntityWorker {
 /// learns from every answer (a `VERSION_MISMATCH` carries the current one: a miss).
 struct FencedWorker {
     c: Client,
+    /// This client's index of `clients`: it drives only the entities it owns.
+    worker: usize,
+    clients: usize,
     ns: Arc<str>,
     ids: Arc<[String]>,
     /// Lease token per entity; the lease key is the entity id.
@@ -791,7 +809,7 @@ struct FencedWorker {
 impl Worker for FencedWorker {
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
-            let i = self.rng.usize(..self.ids.len());
+            let i = load::owned_key(&mut self.rng, self.worker, self.clients, self.ids.len());
             self.calls += 1;
             let r = self
                 .c

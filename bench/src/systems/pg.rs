@@ -216,6 +216,8 @@ impl Pg {
                 conn: pool.acquire().await.map_err(|e| format!("cannot connect: {e}"))?,
                 scenario,
                 holder: format!("bench-client-{n}"),
+                worker: n as usize,
+                clients: clients as usize,
                 ids: ids.clone(),
                 rng: fastrand::Rng::new(),
                 tally: Tally::new(ids.len()),
@@ -401,6 +403,9 @@ struct SqlWorker {
     conn: PoolConnection<Postgres>,
     scenario: Scenario,
     holder: String,
+    /// This client's index of `clients`: fenced-transition drives only the entities it owns.
+    worker: usize,
+    clients: usize,
     ids: Arc<[String]>,
     rng: fastrand::Rng,
     tally: Tally,
@@ -412,7 +417,10 @@ struct SqlWorker {
 impl Worker for SqlWorker {
     fn op(&mut self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
-            let i = self.rng.usize(..self.ids.len());
+            let i = match self.scenario {
+                Scenario::FencedTransition => load::owned_key(&mut self.rng, self.worker, self.clients, self.ids.len()),
+                _ => self.rng.usize(..self.ids.len()),
+            };
             let id = self.ids[i].as_str();
             let done = match self.scenario {
                 Scenario::LeaseCycle => return self.lease_cycle(i).await,
