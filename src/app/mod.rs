@@ -183,7 +183,14 @@ impl Application {
         let mut builder = Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(settings.keepalive))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            // h2 ends a connection (GOAWAY, ENHANCE_YOUR_CALM) once more than this many streams
+            // were reset by the client before the server accepted them: its defence against
+            // rapid reset. Its default of 20 is met by honest clients whenever the server
+            // stalls (a VM pause, a long GC, SIGSTOP): every call whose deadline passed in the
+            // meantime arrives reset, and the whole connection's calls then fail. 1,024 per
+            // connection still bounds the work a reset flood can cause.
+            .http2_max_pending_accept_reset_streams(Some(1024));
         if let Some(age) = settings.connection_age() {
             builder = builder.max_connection_age(age);
         }

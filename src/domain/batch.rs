@@ -89,6 +89,23 @@ pub struct StoredRequest {
     pub outcome: String,
 }
 
+/// How a stored refusal begins: `{"refused": <DomainError>}` (an outcome never has that key).
+const REFUSED: &str = "{\"refused\":";
+
+/// A refusal as stored under a request id.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Refused {
+    refused: DomainError,
+}
+
+/// An answer as stored under a request id: the outcome's JSON, or the refusal's.
+fn stored_answer(answer: &Result<Outcome, DomainError>) -> String {
+    match answer {
+        Ok(outcome) => outcome.to_json(),
+        Err(e) => serde_json::to_string(&Refused { refused: e.clone() }).unwrap_or_else(|_| "{}".into()),
+    }
+}
+
 /// The rows a batch loaded, updated in memory as its commands apply.
 #[derive(Debug, Clone, Default)]
 pub struct Rows {
@@ -315,7 +332,7 @@ impl Command {
 
 fn entity_not_found(id: &EntityId) -> DomainError {
     DomainError::NotFound {
-        what: "entity",
+        what: "entity".into(),
         name: id.to_string(),
     }
 }
@@ -347,36 +364,35 @@ impl Batch {
     pub fn apply(&mut self, command: &Command) -> Result<Outcome, DomainError> {
         let call = command.call_id();
         if let Some(replayed) = self.replay(command, &call)? {
-            return Ok(replayed);
+            return replayed;
         }
-        let outcome = match command {
-            Command::Acquire(c) => self.acquire(c),
-            Command::Renew(c) => self.renew(c)?,
-            Command::Release(c) => self.release(c),
-            Command::Create(c, id) => self.create(c, id)?,
-            Command::Transition(c) => self.transition(c)?,
-            Command::Append(c) => self.append(c)?,
+        let answer = match command {
+            Command::Acquire(c) => Ok(self.acquire(c)),
+            Command::Renew(c) => self.renew(c),
+            Command::Release(c) => Ok(self.release(c)),
+            Command::Create(c, id) => self.create(c, id),
+            Command::Transition(c) => self.transition(c),
+            Command::Append(c) => self.append(c),
         };
-        // Only what changed something is recorded: a refusal, a no-op or a busy lease may
-        // be asked again and answered afresh.
-        let remember = match &outcome {
-            Outcome::Acquire(o) => o.acquired,
-            Outcome::Release(released) => *released,
-            Outcome::Create(o) => o.created,
-            Outcome::Transition(o) => o.applied,
-            Outcome::Append(o) => !o.dropped,
-            Outcome::Renew(_) => true,
+        // The first answer decided for a request id is its answer for good (I10), a refusal,
+        // a no-op or a busy lease as much as a write: a retry may be decided before the
+        // call it retries (still queued on a replica whose caller gave up), and that call
+        // must then replay the answer the client got, not apply. The one exception is a
+        // waiting acquire's busy try: the wait goes on, and the try after it answers.
+        let remember = match (command, &answer) {
+            (Command::Acquire(c), Ok(Outcome::Acquire(o))) => o.acquired || c.wait.is_zero(),
+            _ => true,
         };
         if remember && let Some(rid) = command.request_id() {
             let stored = StoredRequest {
                 call,
-                outcome: outcome.to_json(),
+                outcome: stored_answer(&answer),
             };
             let key = (command.ns().clone(), rid.clone());
             self.rows.requests.insert(key.clone(), stored.clone());
             self.writes.requests.push((key.0, key.1, stored));
         }
-        Ok(outcome)
+        answer
     }
 
     /// What the batch writes.
@@ -387,9 +403,10 @@ impl Batch {
         }
     }
 
-    /// The stored outcome of this command's request id (I10), or a refusal when the id was
-    /// used for a different call.
-    fn replay(&self, command: &Command, call: &str) -> Result<Option<Outcome>, DomainError> {
+    /// The stored answer of this command's request id (I10), or a refusal when the id was
+    /// used for a different call; `None` when the id is new (or the call has none).
+    #[allow(clippy::type_complexity)]
+    fn replay(&self, command: &Command, call: &str) -> Result<Option<Result<Outcome, DomainError>>, DomainError> {
         let Some(rid) = command.request_id() else {
             return Ok(None);
         };
@@ -405,14 +422,18 @@ impl Batch {
         let unreadable =
             |e: serde_json::Error| DomainError::invalid("request_id", format!("stored outcome is unreadable: {e}"));
         let json = &stored.outcome;
-        Ok(Some(match command {
+        if json.starts_with(REFUSED) {
+            let refused: Refused = serde_json::from_str(json).map_err(unreadable)?;
+            return Ok(Some(Err(refused.refused)));
+        }
+        Ok(Some(Ok(match command {
             Command::Acquire(_) => Outcome::Acquire(serde_json::from_str(json).map_err(unreadable)?),
             Command::Renew(_) => Outcome::Renew(serde_json::from_str(json).map_err(unreadable)?),
             Command::Release(_) => Outcome::Release(serde_json::from_str(json).map_err(unreadable)?),
             Command::Create(..) => Outcome::Create(serde_json::from_str(json).map_err(unreadable)?),
             Command::Transition(_) => Outcome::Transition(serde_json::from_str(json).map_err(unreadable)?),
             Command::Append(_) => Outcome::Append(serde_json::from_str(json).map_err(unreadable)?),
-        }))
+        })))
     }
 
     /// The fence check of a fenced write (I3), against the lease row as it is at this point
@@ -482,7 +503,7 @@ impl Batch {
             .get(&(ns.clone(), kind.clone()))
             .cloned()
             .ok_or_else(|| DomainError::NotFound {
-                what: "machine",
+                what: "machine".into(),
                 name: kind.to_string(),
             })?;
         self.writes.machines.insert((ns.clone(), kind.clone(), machine.version));
@@ -510,7 +531,7 @@ impl Batch {
         let key = (c.ns.clone(), id.clone());
         if self.rows.entities.contains_key(&key) {
             return Err(DomainError::AlreadyExists {
-                what: "entity",
+                what: "entity".into(),
                 name: id.to_string(),
             });
         }

@@ -3,9 +3,11 @@
 
 use super::entity::Version;
 use super::tape::Seq;
+use std::borrow::Cow;
 
-/// A request broke a rule of baton's contract.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A request broke a rule of baton's contract. Serializable: a refusal decided for a call
+/// with a request id is stored as that call's outcome (I10).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum DomainError {
     /// Bad input; `field` names the request field (dotted path) at fault.
     #[error("{field}: {message}")]
@@ -53,11 +55,11 @@ pub enum DomainError {
 
     /// Something named does not exist.
     #[error("{what} {name:?} not found")]
-    NotFound { what: &'static str, name: String },
+    NotFound { what: Cow<'static, str>, name: String },
 
     /// An entity id is already taken.
     #[error("{what} {name:?} already exists")]
-    AlreadyExists { what: &'static str, name: String },
+    AlreadyExists { what: Cow<'static, str>, name: String },
 
     /// A machine redefinition would orphan entities in a removed state.
     #[error("state {state:?} of kind {kind:?} is still used by existing entities")]

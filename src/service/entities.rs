@@ -27,7 +27,7 @@ impl Coordinator {
     pub async fn get_entity(&self, cmd: GetEntity) -> Result<Entity> {
         self.store.entity(&cmd.ns, &cmd.id).await?.ok_or_else(|| {
             DomainError::NotFound {
-                what: "entity",
+                what: "entity".into(),
                 name: cmd.id.to_string(),
             }
             .into()

@@ -18,6 +18,10 @@ impl Coordinator {
     /// holder's expiry time, whichever comes first, and tries again. No polling loop. Each
     /// try is a command of the pipeline (it commits and is recorded whether or not the caller
     /// is still there); the wait between tries is not: a caller that left stops waiting.
+    ///
+    /// Each try carries the wait still left; the last try carries none, so its answer,
+    /// busy or not, is the one recorded under the request id (an earlier busy try is not:
+    /// the wait goes on).
     #[tracing::instrument(skip_all, fields(ns = %cmd.ns, key = %cmd.key))]
     pub async fn acquire_lease(&self, cmd: AcquireLease) -> Result<AcquireOutcome> {
         let deadline = Instant::now() + cmd.wait;
@@ -28,14 +32,20 @@ impl Coordinator {
             let notified = waiter.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let Outcome::Acquire(out) = self.pipeline.submit(Command::Acquire(cmd.clone())).await? else {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = AcquireLease {
+                wait: left,
+                ..cmd.clone()
+            };
+            let Outcome::Acquire(out) = self.pipeline.submit(Command::Acquire(attempt)).await? else {
                 return Err(unexpected("AcquireLease"));
             };
-            let now = Instant::now();
-            if out.acquired || now >= deadline {
+            if out.acquired || left.is_zero() {
                 return Ok(out);
             }
-            // Wake just after the holder's expiry, by the store's own clock.
+            // Wake just after the holder's expiry, by the store's own clock; at the deadline,
+            // the last try.
+            let now = Instant::now();
             let expiry = now + out.now.until(out.lease.expires_at) + Duration::from_millis(1);
             tokio::select! {
                 _ = &mut notified => {}

@@ -113,7 +113,7 @@ impl Coordinator {
     pub async fn get_machine(&self, cmd: GetMachine) -> Result<StoredMachine> {
         self.store.machine(&cmd.ns, &cmd.kind).await?.ok_or_else(|| {
             DomainError::NotFound {
-                what: "machine",
+                what: "machine".into(),
                 name: cmd.kind.to_string(),
             }
             .into()

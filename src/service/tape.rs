@@ -53,7 +53,7 @@ impl Coordinator {
             .entity(&ns, &id)
             .await?
             .ok_or_else(|| DomainError::NotFound {
-                what: "entity",
+                what: "entity".into(),
                 name: id.to_string(),
             })?;
         if after_seq > entity.last_seq {

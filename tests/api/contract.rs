@@ -6,13 +6,15 @@ use crate::both_backends;
 use crate::helpers::{Backend, TestDb};
 use baton::domain::DomainError;
 use baton::domain::batch::{Batch, Command, Lock, Reads, StoredRequest, Writes};
-use baton::domain::command::{ListEntities, PageToken, Transition};
+use baton::domain::command::{
+    AcquireLease, AppendEvents, CreateEntity, ListEntities, PageToken, ReleaseLease, Transition,
+};
 use baton::domain::entity::{Entity, Fields, Version};
-use baton::domain::lease::{Fence, FencingToken, LeaseRow};
+use baton::domain::lease::{Fence, FencingToken, LeaseRow, Ttl};
 use baton::domain::machine::{FinalEvent, Machine, StoredMachine, TransitionAsk};
 use baton::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name, Namespace, RequestId, lock_key, lock_space};
 use baton::domain::outcome::Outcome;
-use baton::domain::tape::{Seq, StoredEvent};
+use baton::domain::tape::{EventInput, IfSealed, Seq, StoredEvent};
 use baton::domain::time::{Clock, Timestamp};
 use baton::storage::{self, Change, Loaded, Store, StoreError, StoreOptions};
 use std::sync::Arc;
@@ -592,6 +594,270 @@ async fn a_batch_costs_two_round_trips(backend: Backend) {
     );
 }
 
+fn rid(s: &str) -> Option<RequestId> {
+    Some(RequestId::parse("r", s.into()).unwrap())
+}
+
+fn mixed_create(e: &str, dedup: Option<&str>, request: Option<&str>) -> Command {
+    Command::Create(
+        CreateEntity {
+            ns: ns(),
+            kind: task(),
+            id: Some(id(e)),
+            dedup_key: dedup.map(|d| DedupKey::parse("d", d.into()).unwrap()),
+            fields: Fields::new(),
+            fence: None,
+            request_id: request.and_then(rid),
+        },
+        id(e),
+    )
+}
+
+fn mixed_transition(e: &str, name: &str, fence: Option<(&str, u64)>, request: Option<&str>) -> Command {
+    Command::Transition(Transition {
+        ns: ns(),
+        entity_id: id(e),
+        ask: TransitionAsk {
+            name: Name::parse("t", name.into()).unwrap(),
+            expect_version: None,
+            set_fields: Fields::new(),
+            clear_fields: vec![],
+            events: vec![],
+            final_event: FinalEvent::default(),
+        },
+        fence: fence.map(|(k, t)| Fence {
+            key: key(k),
+            token: tok(t),
+        }),
+        request_id: request.and_then(rid),
+    })
+}
+
+fn mixed_append(e: &str, fence: Option<(&str, u64)>, request: Option<&str>) -> Command {
+    Command::Append(AppendEvents {
+        ns: ns(),
+        entity_id: id(e),
+        events: vec![EventInput::parse("e", "progress".into(), b"p".to_vec(), String::new()).unwrap()],
+        fence: fence.map(|(k, t)| Fence {
+            key: key(k),
+            token: tok(t),
+        }),
+        if_sealed: IfSealed::Drop,
+        request_id: request.and_then(rid),
+    })
+}
+
+fn mixed_acquire(k: &str, holder: &str) -> Command {
+    Command::Acquire(AcquireLease {
+        ns: ns(),
+        key: key(k),
+        holder: Holder::parse("h", holder.into()).unwrap(),
+        ttl: Ttl::parse("ttl", Some(Duration::from_secs(60))).unwrap(),
+        wait: Duration::ZERO,
+        request_id: None,
+    })
+}
+
+/// Every kind of outcome, in the order a pipeline could gather them.
+fn mixed_commands() -> Vec<Command> {
+    vec![
+        mixed_create("m1", Some("w:sha"), Some("c1")),
+        mixed_create("m2", Some("w:sha"), None), // dedup hit: the first one
+        mixed_create("m1", None, None),          // id taken
+        mixed_transition("m1", "start", None, Some("t1")),
+        mixed_transition("m1", "start", None, Some("t1")), // request-id replay
+        mixed_transition("m1", "start", None, None),       // refused: not from running
+        mixed_acquire("k", "a"),
+        mixed_acquire("k", "b"), // busy
+        mixed_append("m1", Some(("k", 1)), Some("a1")),
+        mixed_append("m1", Some(("k", 7)), None), // stale fence
+        mixed_transition("m1", "cancel", Some(("k", 1)), None),
+        mixed_transition("m1", "cancel", None, None), // declared no-op on a finished task
+        mixed_append("m1", None, None),               // sealed: dropped
+        mixed_transition("m1", "succeed", None, Some("c1")), // request id of another call
+    ]
+}
+
+/// `Debug` of a value with every `Timestamp(…)` blanked: two stores' clocks differ.
+fn timeless(v: &impl std::fmt::Debug) -> String {
+    let text = format!("{v:?}");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("Timestamp(") {
+        out.push_str(&rest[..at + "Timestamp(".len()]);
+        rest = rest[at + "Timestamp(".len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+        out.push('_');
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What a store holds after the mixed commands, timestamps blanked: the entity, its tape,
+/// the lease, and which call each request id is stored for.
+async fn mixed_state(s: &dyn Store) -> Vec<String> {
+    let entity = s.entity(&ns(), &id("m1")).await.unwrap();
+    let tape = s.events(&ns(), &id("m1"), Seq::ZERO, 100).await.unwrap();
+    let lease = s.lease_row(&ns(), &key("k")).await.unwrap();
+    let requests = load(
+        s,
+        Reads {
+            requests: ["c1", "t1", "a1"].map(|r| (ns(), rid(r).unwrap())).into(),
+            ..Reads::default()
+        },
+    )
+    .await
+    .requests;
+    let mut calls: Vec<(String, String)> = requests
+        .iter()
+        .map(|(_, r, stored)| (r.to_string(), stored.call.clone()))
+        .collect();
+    calls.sort();
+    vec![
+        timeless(&entity),
+        timeless(&tape),
+        timeless(&lease),
+        timeless(&s.entity(&ns(), &id("m2")).await.unwrap()),
+        format!("{calls:?}"),
+    ]
+}
+
+/// One batch of mixed outcomes (applied, refused, declared no-op, sealed-tape drop,
+/// request-id replay, dedup hit, busy lease, stale fence) through a real store: each
+/// command gets the answer it would get alone, and the store ends as it would after the
+/// commands ran one by one, each in a batch of its own (on a second database).
+async fn a_mixed_batch_equals_its_commands_one_by_one(backend: Backend) {
+    let (together_db, alone_db) = (TestDb::new(backend).await, TestDb::new(backend).await);
+    let together = store(&together_db, Clock::system()).await;
+    let alone = store(&alone_db, Clock::system()).await;
+    for s in [&together, &alone] {
+        let t = now(&**s).await;
+        define(&**s, &task_machine(1, t)).await;
+    }
+    let commands = mixed_commands();
+    let (batched, cost) = run_batch(&*together, &commands).await;
+    assert_eq!(cost, 2, "one batch, the machine read with its rows");
+    let mut one_by_one = vec![];
+    for c in &commands {
+        let (mut outcome, _) = run_batch(&*alone, std::slice::from_ref(c)).await;
+        one_by_one.push(outcome.remove(0));
+    }
+    assert_eq!(timeless(&batched), timeless(&one_by_one));
+    assert_eq!(mixed_state(&*together).await, mixed_state(&*alone).await);
+
+    // And each answer is the one its command deserves.
+    let o = &batched;
+    assert!(matches!(&o[0], Ok(Outcome::Create(c)) if c.created), "{o:?}");
+    assert!(
+        matches!(&o[1], Ok(Outcome::Create(c)) if !c.created && c.entity.id == id("m1")),
+        "{o:?}"
+    );
+    assert!(matches!(&o[2], Err(DomainError::AlreadyExists { .. })), "{o:?}");
+    assert_eq!(o[3], o[4], "a retried request id gets the first outcome");
+    assert!(matches!(&o[5], Err(DomainError::InvalidTransition { .. })), "{o:?}");
+    assert!(matches!(&o[6], Ok(Outcome::Acquire(a)) if a.acquired), "{o:?}");
+    assert!(matches!(&o[7], Ok(Outcome::Acquire(a)) if !a.acquired), "{o:?}");
+    assert!(matches!(&o[8], Ok(Outcome::Append(a)) if a.seqs.len() == 1), "{o:?}");
+    assert!(matches!(&o[9], Err(DomainError::LeaseLost { .. })), "{o:?}");
+    assert!(
+        matches!(&o[10], Ok(Outcome::Transition(t)) if t.applied && t.entity.final_seq.is_some()),
+        "{o:?}"
+    );
+    assert!(matches!(&o[11], Ok(Outcome::Transition(t)) if !t.applied), "{o:?}");
+    assert!(matches!(&o[12], Ok(Outcome::Append(a)) if a.dropped), "{o:?}");
+    assert!(matches!(&o[13], Err(DomainError::RequestIdReused { .. })), "{o:?}");
+    let stored = together.entity(&ns(), &id("m1")).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state.as_str(), stored.final_seq.map(|s| s.get())),
+        ("cancelled", Some(stored.last_seq.get()))
+    );
+    assert_eq!(
+        together.entity(&ns(), &id("m2")).await.unwrap(),
+        None,
+        "the dedup hit created nothing"
+    );
+}
+
+/// I10 when a retry is decided before the call it retries (the first attempt still queued
+/// on a replica whose caller gave up): the retry's answer, even a busy lease or a refusal,
+/// is stored, so the first attempt replays it instead of applying later. Only a waiting
+/// acquire's busy try is not the last word.
+async fn the_first_answer_of_a_request_id_is_final_even_a_refusal(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let t = now(&*s).await;
+    define(&*s, &task_machine(1, t)).await;
+    let with_rid = |c: Command, r: &str| match c {
+        Command::Acquire(a) => Command::Acquire(AcquireLease {
+            request_id: rid(r),
+            ..a
+        }),
+        Command::Transition(x) => Command::Transition(Transition {
+            request_id: rid(r),
+            ..x
+        }),
+        other => other,
+    };
+    let one = |o: (Vec<Result<Outcome, DomainError>>, u64)| o.0.into_iter().next().unwrap();
+    let release = |token| {
+        Command::Release(ReleaseLease {
+            ns: ns(),
+            key: key("k"),
+            token,
+            request_id: None,
+        })
+    };
+
+    // A busy lease, then the holder releases: the same request id is still busy.
+    let held = one(run_batch(&*s, &[mixed_acquire("k", "a")]).await);
+    let Ok(Outcome::Acquire(held)) = held else {
+        panic!("{held:?}")
+    };
+    let busy = one(run_batch(&*s, &[with_rid(mixed_acquire("k", "b"), "b1")]).await);
+    assert!(matches!(&busy, Ok(Outcome::Acquire(o)) if !o.acquired), "{busy:?}");
+    assert_eq!(
+        one(run_batch(&*s, &[release(held.lease.token)]).await),
+        Ok(Outcome::Release(true))
+    );
+    let again = one(run_batch(&*s, &[with_rid(mixed_acquire("k", "b"), "b1")]).await);
+    assert_eq!(timeless(&again), timeless(&busy), "replayed, not acquired");
+    assert_eq!(s.lease_row(&ns(), &key("k")).await.unwrap().unwrap().holder, None);
+
+    // A waiting acquire's busy try is not recorded: its next try may acquire.
+    let waiting = |r: &str| match with_rid(mixed_acquire("k", "c"), r) {
+        Command::Acquire(a) => Command::Acquire(AcquireLease {
+            wait: Duration::from_secs(5),
+            ..a
+        }),
+        other => other,
+    };
+    let blocker = one(run_batch(&*s, &[mixed_acquire("k", "a")]).await);
+    let Ok(Outcome::Acquire(blocker)) = blocker else {
+        panic!("{blocker:?}")
+    };
+    let tried = one(run_batch(&*s, &[waiting("c1")]).await);
+    assert!(matches!(&tried, Ok(Outcome::Acquire(o)) if !o.acquired), "{tried:?}");
+    run_batch(&*s, &[release(blocker.lease.token)]).await;
+    let next = one(run_batch(&*s, &[waiting("c1")]).await);
+    assert!(matches!(&next, Ok(Outcome::Acquire(o)) if o.acquired), "{next:?}");
+
+    // A refused transition stays refused for its request id, though the state moved on to
+    // one it is allowed from.
+    run_batch(&*s, &[mixed_create("r", None, None)]).await;
+    let refused = one(run_batch(&*s, &[with_rid(mixed_transition("r", "succeed", None, None), "s1")]).await);
+    assert!(
+        matches!(&refused, Err(DomainError::InvalidTransition { .. })),
+        "{refused:?}"
+    );
+    let started = one(run_batch(&*s, &[mixed_transition("r", "start", None, None)]).await);
+    assert!(
+        matches!(&started, Ok(Outcome::Transition(o)) if o.applied),
+        "{started:?}"
+    );
+    let replayed = one(run_batch(&*s, &[with_rid(mixed_transition("r", "succeed", None, None), "s1")]).await);
+    assert_eq!(replayed, refused, "the stored refusal, read back from the database");
+    assert_eq!(s.entity(&ns(), &id("r")).await.unwrap().unwrap().state, "running");
+}
+
 both_backends!(
     lease_rows_keep_their_token_counter,
     batches_are_atomic,
@@ -603,6 +869,8 @@ both_backends!(
     writers_of_one_key_serialize,
     clock_skew_is_store_time,
     a_batch_costs_two_round_trips,
+    a_mixed_batch_equals_its_commands_one_by_one,
+    the_first_answer_of_a_request_id_is_final_even_a_refusal,
 );
 
 /// A key another replica's batch holds is not granted to a batch that only tries it (its

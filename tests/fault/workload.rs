@@ -442,6 +442,9 @@ fn classify(s: &Status) -> Attempt {
         // No ErrorInfo: the client library's own report of a connection torn down mid-call
         // (tonic maps an HTTP/2 reset to INTERNAL) — the server never answered.
         (Code::Internal, _) if info.is_none() => Attempt::Unknown,
+        // No ErrorInfo: HTTP/2 itself ended the connection (a GOAWAY with ENHANCE_YOUR_CALM,
+        // which tonic reports as RESOURCE_EXHAUSTED) — the server never answered in-band.
+        (Code::ResourceExhausted, _) if info.is_none() => Attempt::Unknown,
         _ => Attempt::Anomaly(format!("unexpected {:?} {reason}: {}", s.code(), s.message())),
     }
 }

@@ -1,1 +1,0 @@
-INSERT INTO requests (namespace, request_id, method, outcome, created_at_us) VALUES ($1, $2, $3, $4, $5)
