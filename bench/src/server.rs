@@ -116,11 +116,7 @@ fn has_admin_flag(bin: &Path) -> Result<bool, String> {
 
 /// The address in a JSON "admin serving" log line.
 fn admin_addr(line: &str) -> Option<SocketAddr> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    if v["fields"]["message"] != "admin serving" {
-        return None;
-    }
-    v["fields"]["addr"].as_str()?.parse().ok()
+    process::logged_addr(line, "admin serving")
 }
 
 /// Resident memory of a process in KiB (VmRSS of /proc/PID/status).

@@ -372,81 +372,114 @@ impl BatchTx for SqliteBatch {
                 return Err(StoreError::Conflict(format!("machine {kind} was redefined")));
             }
         }
-        for ((ns, _), row) in &writes.leases {
-            sqlx::query(include_str!("queries/upsert_lease.sql"))
-                .bind(ns.as_str())
-                .bind(row.key.as_str())
-                .bind(decode::to_i64(row.token))
-                .bind(row.holder.as_ref().map(|h| h.as_str()))
-                .bind(row.acquired_at.0)
-                .bind(row.expires_at.0)
-                .execute(&mut **tx)
-                .await
-                .map_err(sqlx_err)?;
-        }
-        for ((ns, _), (e, new)) in &writes.entities {
-            let done = if *new {
-                sqlx::query(include_str!("queries/insert_entity.sql"))
-                    .bind(ns.as_str())
-                    .bind(e.id.as_str())
-                    .bind(e.kind.as_str())
-                    .bind(e.state.as_str())
-                    .bind(decode::to_i64(e.version))
-                    .bind(decode::fields_json(&e.fields))
-                    .bind(e.dedup_key.as_ref().map(|d| d.as_str()))
-                    .bind(e.created_at.0)
-                    .bind(e.updated_at.0)
-                    .bind(e.last_activity_at.0)
-                    .bind(decode::to_i64(e.last_seq))
-                    .bind(e.final_seq.map(decode::to_i64))
-                    .execute(&mut **tx)
-                    .await
-            } else {
-                sqlx::query(include_str!("queries/update_entity.sql"))
-                    .bind(ns.as_str())
-                    .bind(e.id.as_str())
-                    .bind(e.state.as_str())
-                    .bind(decode::to_i64(e.version))
-                    .bind(decode::fields_json(&e.fields))
-                    .bind(e.updated_at.0)
-                    .bind(e.last_activity_at.0)
-                    .bind(decode::to_i64(e.last_seq))
-                    .bind(e.final_seq.map(decode::to_i64))
-                    .execute(&mut **tx)
-                    .await
-            };
-            done.map_err(sqlx_err)?;
-        }
-        for (ns, id, ev) in &writes.events {
-            sqlx::query(include_str!("queries/insert_event.sql"))
-                .bind(ns.as_str())
-                .bind(id.as_str())
-                .bind(decode::to_i64(ev.seq))
-                .bind(ev.event_type.as_str())
-                .bind(ev.content_type.as_str())
-                .bind(ev.payload.as_slice())
-                .bind(ev.state.as_deref())
-                .bind(ev.created_at.0)
-                .execute(&mut **tx)
-                .await
-                .map_err(sqlx_err)?;
-        }
-        for (ns, rid, stored) in &writes.requests {
-            sqlx::query(include_str!("queries/insert_request.sql"))
-                .bind(ns.as_str())
-                .bind(rid.as_str())
-                .bind(stored.call.as_str())
-                .bind(stored.outcome.as_str())
-                .bind(writes.now.0)
-                .execute(&mut **tx)
-                .await
-                .map_err(sqlx_err)?;
-        }
+        // Each table's rows go in one statement (a JSON array read back with json_each), so
+        // a batch costs a few statements whatever its size: each sqlx statement is a trip to
+        // the connection's worker thread and back.
+        let leases = writes.leases.iter().map(|((ns, _), row)| {
+            json!([
+                ns.as_str(),
+                row.key.as_str(),
+                decode::to_i64(row.token),
+                row.holder.as_ref().map(|h| h.as_str()),
+                row.acquired_at.0,
+                row.expires_at.0
+            ])
+        });
+        let new = writes
+            .entities
+            .iter()
+            .filter(|(_, (_, new))| *new)
+            .map(|((ns, _), (e, _))| {
+                json!([
+                    ns.as_str(),
+                    e.id.as_str(),
+                    e.kind.as_str(),
+                    e.state.as_str(),
+                    decode::to_i64(e.version),
+                    decode::fields_json(&e.fields),
+                    e.dedup_key.as_ref().map(|d| d.as_str()),
+                    e.created_at.0,
+                    e.updated_at.0,
+                    e.last_activity_at.0,
+                    decode::to_i64(e.last_seq),
+                    e.final_seq.map(decode::to_i64)
+                ])
+            });
+        let changed = writes
+            .entities
+            .iter()
+            .filter(|(_, (_, new))| !*new)
+            .map(|((ns, _), (e, _))| {
+                json!([
+                    ns.as_str(),
+                    e.id.as_str(),
+                    e.state.as_str(),
+                    decode::to_i64(e.version),
+                    decode::fields_json(&e.fields),
+                    e.updated_at.0,
+                    e.last_activity_at.0,
+                    decode::to_i64(e.last_seq),
+                    e.final_seq.map(decode::to_i64)
+                ])
+            });
+        let events = writes.events.iter().map(|(ns, id, ev)| {
+            json!([
+                ns.as_str(),
+                id.as_str(),
+                decode::to_i64(ev.seq),
+                ev.event_type.as_str(),
+                ev.content_type.as_str(),
+                hex(&ev.payload),
+                ev.state.as_deref(),
+                ev.created_at.0
+            ])
+        });
+        let requests = writes.requests.iter().map(|(ns, rid, stored)| {
+            json!([
+                ns.as_str(),
+                rid.as_str(),
+                stored.call.as_str(),
+                stored.outcome.as_str(),
+                writes.now.0
+            ])
+        });
+        write_rows(tx, include_str!("queries/upsert_leases.sql"), leases).await?;
+        write_rows(tx, include_str!("queries/insert_entities.sql"), new).await?;
+        write_rows(tx, include_str!("queries/update_entities.sql"), changed).await?;
+        write_rows(tx, include_str!("queries/insert_events.sql"), events).await?;
+        write_rows(tx, include_str!("queries/insert_requests.sql"), requests).await?;
         self.tx.commit().await?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::telemetry::names::DB_ROUND_TRIPS).increment(1);
         Ok(())
     }
+}
+
+/// Runs a multi-row statement whose `$1` is a JSON array of `rows`; nothing when there are
+/// none.
+async fn write_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    sql: &'static str,
+    rows: impl Iterator<Item = serde_json::Value>,
+) -> Result<()> {
+    let rows: Vec<serde_json::Value> = rows.collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows = serde_json::Value::Array(rows).to_string();
+    sqlx::query(sql).bind(rows).execute(&mut **tx).await.map_err(sqlx_err)?;
+    Ok(())
+}
+
+/// Bytes as lowercase hex, for `unhex` in SQL (a JSON array cannot carry a blob).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// A machine definition on the write connection.
