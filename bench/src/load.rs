@@ -114,7 +114,6 @@ impl FenceLeases {
     }
 }
 
-/// A fresh request id, as an orchestrator sends with every mutating call.
 /// The key client `worker` of `clients` works on next, out of `n`: one of the keys it owns
 /// (`worker`, `worker + clients`, …), as an orchestrator only drives the entities whose
 /// lease it holds. With more clients than keys the surplus clients share all of them.
@@ -126,6 +125,7 @@ pub fn owned_key(rng: &mut fastrand::Rng, worker: usize, clients: usize, n: usiz
     worker + clients * rng.usize(..owned)
 }
 
+/// A fresh request id, as an orchestrator sends with every mutating call.
 pub fn request_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
