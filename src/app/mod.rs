@@ -267,17 +267,42 @@ async fn watch_health(
     }
 }
 
-/// Purges expired request outcomes, on the one replica that holds the housekeeper lock.
+/// How often the housekeeper looks for due entities: a state timeout fires at most this
+/// long (plus its commit) after its due time on an idle server.
+pub const DUE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often expired request outcomes are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Housekeeping, on the one replica that holds the housekeeper lock: state timeouts and
+/// retention every [`DUE_INTERVAL`] (at once on start, so what came due while no replica
+/// ran fires now), expired request outcomes every [`PURGE_INTERVAL`].
 async fn housekeeping(coordinator: Coordinator, mut drain: watch::Receiver<bool>) {
+    let mut last_purge: Option<tokio::time::Instant> = None;
     loop {
-        match coordinator.housekeeping().await {
-            Ok(n) if n > 0 => tracing::info!(purged = n, "expired request outcomes purged"),
-            Ok(_) => {}
+        let purge = last_purge.is_none_or(|t| t.elapsed() >= PURGE_INTERVAL);
+        match coordinator.housekeeping(purge).await {
+            Ok(Some(work)) => {
+                if purge {
+                    last_purge = Some(tokio::time::Instant::now());
+                }
+                let due = work.due;
+                if due.fired > 0 || due.purged > 0 {
+                    tracing::info!(
+                        timeouts_fired = due.fired,
+                        entities_purged = due.purged,
+                        "due entities handled"
+                    );
+                }
+                if work.requests_purged > 0 {
+                    tracing::info!(purged = work.requests_purged, "expired request outcomes purged");
+                }
+            }
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
         }
         tokio::select! {
             _ = crate::service::raised(&mut drain) => return,
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(DUE_INTERVAL) => {}
         }
     }
 }

@@ -7,12 +7,14 @@
 //! machines, the tape), so both backends share one predicate per rule.
 
 use super::DomainError;
-use super::command::{AcquireLease, AppendEvents, CreateEntity, ReleaseLease, RenewLease, Transition};
+use super::command::{
+    AcquireLease, AppendEvents, CreateEntity, DeleteEntity, ForceReleaseLease, ReleaseLease, RenewLease, Transition,
+};
 use super::entity::{Entity, EntityChange};
 use super::lease::{self, AcquireDecision, Fence, LeaseRow};
-use super::machine::{StoredMachine, TransitionPlan, plan_create, plan_transition};
+use super::machine::{DedupPolicy, DuePlan, StoredMachine, TransitionPlan, plan_create, plan_due, plan_transition};
 use super::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId, lock_key, lock_space, stable_hash};
-use super::outcome::{AcquireOutcome, AppendOutcome, CreateOutcome, Outcome, TransitionOutcome};
+use super::outcome::{AcquireOutcome, AppendOutcome, CreateOutcome, DueOutcome, Outcome, TransitionOutcome};
 use super::tape::{AppendPlan, StoredEvent, plan_append};
 use super::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,6 +36,13 @@ pub enum Command {
     Transition(Transition),
     /// AppendEvents.
     Append(AppendEvents),
+    /// The housekeeper's look at an entity whose due time came: fire its state's timeout,
+    /// purge it past retention, or note when to look again.
+    Due(Namespace, EntityId),
+    /// DeleteEntity.
+    Delete(DeleteEntity),
+    /// ForceReleaseLease.
+    ForceRelease(ForceReleaseLease),
 }
 
 /// A lock a command takes for its batch: a 64-bit key (see [`lock_key`]), shared or
@@ -130,9 +139,9 @@ impl Rows {
         for c in commands {
             match c {
                 Command::Create(c, _) => drop(kinds.insert((c.ns.clone(), c.kind.clone()))),
-                Command::Transition(t) => {
-                    if let Some(e) = self.entities.get(&(t.ns.clone(), t.entity_id.clone())) {
-                        kinds.insert((t.ns.clone(), e.kind.clone()));
+                Command::Transition(Transition { ns, entity_id: id, .. }) | Command::Due(ns, id) => {
+                    if let Some(e) = self.entities.get(&(ns.clone(), id.clone())) {
+                        kinds.insert((ns.clone(), e.kind.clone()));
                     }
                 }
                 _ => {}
@@ -158,6 +167,9 @@ pub struct Writes {
     pub requests: Vec<(Namespace, RequestId, StoredRequest)>,
     /// Leases a release ended (their waiters are woken after commit).
     pub freed: Vec<(Namespace, LeaseKey)>,
+    /// Entities deleted with their tapes (written before the inserts: an id deleted and
+    /// created again in one batch is a new entity).
+    pub deleted: BTreeSet<(Namespace, EntityId)>,
     /// The machine versions writes were decided with: the commit holds only while each is
     /// still the stored one (a redefinition in between makes the batch run again).
     pub machines: BTreeSet<(Namespace, Name, u64)>,
@@ -166,7 +178,11 @@ pub struct Writes {
 impl Writes {
     /// True when the batch writes nothing (every command was refused, read-only or replayed).
     pub fn is_empty(&self) -> bool {
-        self.leases.is_empty() && self.entities.is_empty() && self.events.is_empty() && self.requests.is_empty()
+        self.leases.is_empty()
+            && self.entities.is_empty()
+            && self.events.is_empty()
+            && self.requests.is_empty()
+            && self.deleted.is_empty()
     }
 }
 
@@ -195,6 +211,9 @@ impl Command {
             Command::Create(c, _) => &c.ns,
             Command::Transition(c) => &c.ns,
             Command::Append(c) => &c.ns,
+            Command::Due(ns, _) => ns,
+            Command::Delete(c) => &c.ns,
+            Command::ForceRelease(c) => &c.ns,
         }
     }
 
@@ -207,6 +226,9 @@ impl Command {
             Command::Create(c, _) => c.request_id.as_ref(),
             Command::Transition(c) => c.request_id.as_ref(),
             Command::Append(c) => c.request_id.as_ref(),
+            Command::Due(..) => None,
+            Command::Delete(c) => c.request_id.as_ref(),
+            Command::ForceRelease(c) => c.request_id.as_ref(),
         }
     }
 
@@ -225,6 +247,9 @@ impl Command {
             Command::Acquire(c) => vec![lease(&c.key)],
             Command::Renew(c) => vec![lease(&c.key)],
             Command::Release(c) => vec![lease(&c.key)],
+            Command::ForceRelease(c) => vec![lease(&c.key)],
+            Command::Due(_, id) => vec![entity(id)],
+            Command::Delete(c) => vec![entity(&c.id)],
             Command::Create(c, id) => {
                 // Whatever makes two creates "the same" is what they serialize on: the dedup
                 // key (I9), else the request id of a create with no id of its own (so its
@@ -266,6 +291,9 @@ impl Command {
             Command::Acquire(c) => drop(reads.leases.insert((ns.clone(), c.key.clone()))),
             Command::Renew(c) => drop(reads.leases.insert((ns.clone(), c.key.clone()))),
             Command::Release(c) => drop(reads.leases.insert((ns.clone(), c.key.clone()))),
+            Command::ForceRelease(c) => drop(reads.leases.insert((ns.clone(), c.key.clone()))),
+            Command::Due(_, id) => drop(reads.entities.insert((ns.clone(), id.clone()))),
+            Command::Delete(c) => drop(reads.entities.insert((ns.clone(), c.id.clone()))),
             Command::Create(c, id) => {
                 reads.entities.insert((ns.clone(), id.clone()));
                 reads.machines.insert((ns.clone(), c.kind.clone()));
@@ -302,6 +330,9 @@ impl Command {
                 c.entity_id.as_str(),
                 &(&c.events, &c.fence, c.if_sealed),
             ),
+            Command::Due(_, id) => format!("Due {id}"),
+            Command::Delete(c) => call_id("DeleteEntity", c.id.as_str(), &c.force),
+            Command::ForceRelease(c) => call_id("ForceReleaseLease", c.key.as_str(), &c.by),
         }
     }
 
@@ -362,7 +393,10 @@ impl Batch {
     /// Decides one command against the rows as the commands before it left them, and records
     /// what it writes. A refusal writes nothing and costs the other commands nothing.
     pub fn apply(&mut self, command: &Command) -> Result<Outcome, DomainError> {
-        let call = command.call_id();
+        let call = match command.request_id() {
+            Some(_) => command.call_id(),
+            None => String::new(),
+        };
         if let Some(replayed) = self.replay(command, &call)? {
             return replayed;
         }
@@ -373,6 +407,9 @@ impl Batch {
             Command::Create(c, id) => self.create(c, id),
             Command::Transition(c) => self.transition(c),
             Command::Append(c) => self.append(c),
+            Command::Due(ns, id) => self.due(ns, id),
+            Command::Delete(c) => self.delete(c),
+            Command::ForceRelease(c) => Ok(self.force_release(c)),
         };
         // The first answer decided for a request id is its answer for good (I10), a refusal,
         // a no-op or a busy lease as much as a write: a retry may be decided before the
@@ -433,6 +470,9 @@ impl Batch {
             Command::Create(..) => Outcome::Create(serde_json::from_str(json).map_err(unreadable)?),
             Command::Transition(_) => Outcome::Transition(serde_json::from_str(json).map_err(unreadable)?),
             Command::Append(_) => Outcome::Append(serde_json::from_str(json).map_err(unreadable)?),
+            Command::Due(..) => Outcome::Due(serde_json::from_str(json).map_err(unreadable)?),
+            Command::Delete(_) => Outcome::Delete(serde_json::from_str(json).map_err(unreadable)?),
+            Command::ForceRelease(_) => Outcome::ForceRelease(serde_json::from_str(json).map_err(unreadable)?),
         })))
     }
 
@@ -526,7 +566,18 @@ impl Batch {
             let entity = self.rows.entities.get(&(c.ns.clone(), existing.clone())).cloned();
             // Dedup rows are loaded with their entity; a missing one is a corrupt load.
             let entity = entity.ok_or_else(|| entity_not_found(existing))?;
-            return Ok(Outcome::Create(CreateOutcome { created: false, entity }));
+            if machine.machine.dedup() == DedupPolicy::Forever || entity.final_seq.is_none() {
+                return Ok(Outcome::Create(CreateOutcome { created: false, entity }));
+            }
+            // `while_active`, and its entity is finished: that entity gives the key up (the
+            // unique index holds one entity per key) and a new one takes it below.
+            self.put_entity(
+                &c.ns,
+                Entity {
+                    dedup_key: None,
+                    ..entity
+                },
+            );
         }
         let key = (c.ns.clone(), id.clone());
         if self.rows.entities.contains_key(&key) {
@@ -557,14 +608,105 @@ impl Batch {
     /// Records what the domain planned for one entity.
     fn write_change(&mut self, ns: &Namespace, change: EntityChange) {
         let EntityChange { entity, events } = change;
-        let key = (ns.clone(), entity.id.clone());
-        let created_here = self.writes.entities.get(&key).is_some_and(|(_, new)| *new);
-        self.rows.entities.insert(key.clone(), entity.clone());
-        self.writes.entities.insert(key, (entity.clone(), created_here));
-        let id = entity.id;
+        let id = entity.id.clone();
+        self.put_entity(ns, entity);
         self.writes
             .events
             .extend(events.into_iter().map(|e| (ns.clone(), id.clone(), e)));
+    }
+
+    /// Records an entity as it is now (inserted if this batch created it, else updated).
+    fn put_entity(&mut self, ns: &Namespace, entity: Entity) {
+        let key = (ns.clone(), entity.id.clone());
+        let created_here = self.writes.entities.get(&key).is_some_and(|(_, new)| *new);
+        self.rows.entities.insert(key.clone(), entity.clone());
+        self.writes.entities.insert(key, (entity, created_here));
+    }
+
+    /// Deletes an entity and its tape: whatever this batch wrote of it goes, and the
+    /// stored rows are deleted.
+    fn remove_entity(&mut self, ns: &Namespace, id: &EntityId) {
+        let key = (ns.clone(), id.clone());
+        self.rows.entities.remove(&key);
+        self.rows.dedup.retain(|(n, _, _), holder| !(n == ns && holder == id));
+        let created_here = matches!(self.writes.entities.remove(&key), Some((_, true)));
+        self.writes.events.retain(|(n, i, _)| !(n == ns && i == id));
+        if !created_here {
+            self.writes.deleted.insert(key);
+        }
+    }
+
+    /// The housekeeper's look at a due entity: the machine, as it is now, decides.
+    fn due(&mut self, ns: &Namespace, id: &EntityId) -> Result<Outcome, DomainError> {
+        let Ok(entity) = self.entity(ns, id) else {
+            return Ok(Outcome::Due(DueOutcome::Nothing));
+        };
+        let machine = self.machine(ns, &entity.kind)?;
+        let outcome = match plan_due(&machine.machine, &entity, self.rows.now) {
+            DuePlan::Clear => {
+                if entity.due_at.is_some() {
+                    self.put_entity(ns, Entity { due_at: None, ..entity });
+                }
+                DueOutcome::Nothing
+            }
+            DuePlan::Later(at) => {
+                if entity.due_at != Some(at) {
+                    self.put_entity(
+                        ns,
+                        Entity {
+                            due_at: Some(at),
+                            ..entity
+                        },
+                    );
+                }
+                DueOutcome::Later(at)
+            }
+            DuePlan::Purge => {
+                self.remove_entity(ns, id);
+                DueOutcome::Purged
+            }
+            DuePlan::Fire(ask) => match plan_transition(&machine.machine, &entity, &ask, self.rows.now)? {
+                TransitionPlan::Noop => DueOutcome::Nothing,
+                TransitionPlan::Apply(change) => {
+                    let seqs = change.seqs();
+                    self.write_change(ns, change);
+                    DueOutcome::Fired {
+                        transition: ask.name.to_string(),
+                        from: entity.state,
+                        seqs,
+                    }
+                }
+            },
+        };
+        Ok(Outcome::Due(outcome))
+    }
+
+    fn delete(&mut self, c: &DeleteEntity) -> Result<Outcome, DomainError> {
+        let entity = self.entity(&c.ns, &c.id)?;
+        if entity.final_seq.is_none() && !c.force {
+            return Err(DomainError::EntityActive {
+                id: c.id.to_string(),
+                current_state: entity.state,
+                version: entity.version,
+            });
+        }
+        self.remove_entity(&c.ns, &c.id);
+        Ok(Outcome::Delete(true))
+    }
+
+    fn force_release(&mut self, c: &ForceReleaseLease) -> Outcome {
+        let key = (c.ns.clone(), c.key.clone());
+        let Some(row) = self.rows.leases.get(&key).cloned() else {
+            return Outcome::ForceRelease(None);
+        };
+        let Some(ended) = row.live(self.rows.now) else {
+            return Outcome::ForceRelease(None);
+        };
+        // As a release: the row and its token counter stay (I2), so the next grant's token
+        // is higher and every write fenced with the ended one fails (I3).
+        self.put_lease(&c.ns, LeaseRow { holder: None, ..row });
+        self.writes.freed.push(key);
+        Outcome::ForceRelease(Some(ended))
     }
 
     fn transition(&mut self, c: &Transition) -> Result<Outcome, DomainError> {

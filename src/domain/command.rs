@@ -146,35 +146,95 @@ impl ListEntities {
     }
 }
 
-/// An opaque ListEntities cursor: the last id of the previous page.
+/// Longest page token accepted (base64 of the last id, key or kind of a page).
+const MAX_PAGE_TOKEN: usize = 2048;
+
+/// An opaque list cursor: the last id (key, kind) of the previous page, which the next
+/// page starts strictly after. Only ever bound as a query parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageToken(EntityId);
+pub struct PageToken(String);
 
 impl PageToken {
     /// The token of a page that ended at `last`.
-    pub fn after(last: &EntityId) -> Self {
-        Self(last.clone())
+    pub fn after(last: &str) -> Self {
+        Self(last.to_string())
     }
 
     /// Parses a token from a previous response.
     pub fn parse(field: &str, s: &str) -> Result<Self, DomainError> {
-        let bad = || DomainError::invalid(field, "is not a token from a previous ListEntities response");
+        let bad = || DomainError::invalid(field, "is not a token from a previous response");
+        if s.len() > MAX_PAGE_TOKEN {
+            return Err(bad());
+        }
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(s)
             .map_err(|_| bad())?;
-        let id = String::from_utf8(raw).map_err(|_| bad())?;
-        EntityId::parse(field, id).map(Self).map_err(|_| bad())
+        let last = String::from_utf8(raw).map_err(|_| bad())?;
+        if last.is_empty() || last.contains('\0') {
+            return Err(bad());
+        }
+        Ok(Self(last))
     }
 
     /// The token as sent to clients.
     pub fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0.as_str())
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0.as_bytes())
     }
 
-    /// Entities strictly after this id come next.
-    pub fn last_id(&self) -> &EntityId {
+    /// What the previous page ended at: the next starts strictly after it.
+    pub fn last(&self) -> &str {
         &self.0
     }
+}
+
+/// DeleteEntity: an operator removes an entity and its tape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteEntity {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Entity.
+    pub id: EntityId,
+    /// Delete even when it is not in a terminal state.
+    pub force: bool,
+    /// Idempotency key.
+    pub request_id: Option<RequestId>,
+}
+
+/// ForceReleaseLease: an operator ends a live lease; its token is fenced out from then on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForceReleaseLease {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Key.
+    pub key: LeaseKey,
+    /// Who did it (recorded in the server's log).
+    pub by: Holder,
+    /// Idempotency key.
+    pub request_id: Option<RequestId>,
+}
+
+/// ListLeases: one page of live leases, ordered by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListLeases {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Keys starting with this (all when empty).
+    pub prefix: String,
+    /// Page size, 1 to [`MAX_PAGE`].
+    pub limit: u32,
+    /// Where the previous page ended.
+    pub after: Option<PageToken>,
+}
+
+/// ListMachines: one page of a namespace's machines, ordered by kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListMachines {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Page size, 1 to [`MAX_PAGE`].
+    pub limit: u32,
+    /// Where the previous page ended.
+    pub after: Option<PageToken>,
 }
 
 /// Transition.
@@ -226,10 +286,13 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_refuse_garbage() {
-        let id = EntityId::parse("id", "run:42".into()).unwrap();
-        let token = PageToken::after(&id);
-        assert_eq!(PageToken::parse("page_token", &token.encode()).unwrap().last_id(), &id);
-        for bad in ["%%%", "bm90IGFuIGlk/w", "YS9i"] {
+        let token = PageToken::after("run:42");
+        assert_eq!(
+            PageToken::parse("page_token", &token.encode()).unwrap().last(),
+            "run:42"
+        );
+        let long = "A".repeat(4096);
+        for bad in ["%%%", "bm90IGFuIGlk/w", "_w", "", long.as_str()] {
             let err = PageToken::parse("page_token", bad).unwrap_err();
             assert!(err.to_string().starts_with("page_token:"), "{bad}: {err}");
         }

@@ -98,6 +98,10 @@ pub struct Entity {
     pub last_seq: Seq,
     /// Seq of `final` once sealed.
     pub final_seq: Option<Seq>,
+    /// When the server next looks at it: a state timeout, or its purge once finished
+    /// (see `Machine::due_at`). Internal: not part of the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Timestamp>,
 }
 
 /// What a write does to one entity, as the domain decided it: the entity after, and the

@@ -61,6 +61,16 @@ pub enum DomainError {
     #[error("{what} {name:?} already exists")]
     AlreadyExists { what: Cow<'static, str>, name: String },
 
+    /// The entity is not finished (DeleteEntity without `force`).
+    #[error(
+        "entity {id:?} is in state {current_state:?} (version {version}), not a terminal state: finish it first, or delete with force"
+    )]
+    EntityActive {
+        id: String,
+        current_state: String,
+        version: Version,
+    },
+
     /// A machine redefinition would orphan entities in a removed state.
     #[error("state {state:?} of kind {kind:?} is still used by existing entities")]
     StateInUse { kind: String, state: String },

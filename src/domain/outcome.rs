@@ -48,6 +48,26 @@ pub struct AppendOutcome {
     pub final_seq: Option<Seq>,
 }
 
+/// What the server did with an entity whose due time came.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DueOutcome {
+    /// Nothing was due (the entity moved first, or is gone).
+    Nothing,
+    /// Not due yet: it will be looked at again then.
+    Later(Timestamp),
+    /// Its state timed out: this transition applied.
+    Fired {
+        /// The timeout's transition.
+        transition: String,
+        /// The state it timed out in.
+        from: String,
+        /// The seqs appended.
+        seqs: Vec<Seq>,
+    },
+    /// Finished past its retention: it and its tape were deleted.
+    Purged,
+}
+
 /// GetLease's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseView {
@@ -72,6 +92,12 @@ pub enum Outcome {
     Transition(TransitionOutcome),
     /// AppendEvents.
     Append(AppendOutcome),
+    /// A due entity looked at (the housekeeper's).
+    Due(DueOutcome),
+    /// DeleteEntity: true when this call deleted it.
+    Delete(bool),
+    /// ForceReleaseLease: the live lease it ended, if there was one.
+    ForceRelease(Option<Lease>),
 }
 
 impl Outcome {
@@ -84,6 +110,9 @@ impl Outcome {
             Outcome::Create(o) => serde_json::to_string(o),
             Outcome::Transition(o) => serde_json::to_string(o),
             Outcome::Append(o) => serde_json::to_string(o),
+            Outcome::Due(o) => serde_json::to_string(o),
+            Outcome::Delete(o) => serde_json::to_string(o),
+            Outcome::ForceRelease(o) => serde_json::to_string(o),
         };
         // Plain data: it always serializes.
         json.unwrap_or_default()

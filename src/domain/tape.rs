@@ -167,6 +167,8 @@ impl StoredEvent {
 }
 
 /// What AppendEvents does, as the domain decided it.
+// Made and consumed once per command: boxing the common variant would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendPlan {
     /// Store these events and move the head (and `last_activity_at`).
@@ -258,6 +260,7 @@ mod tests {
             last_activity_at: Timestamp(0),
             last_seq: Seq(last_seq),
             final_seq: final_seq.map(Seq),
+            due_at: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::domain::entity::Entity;
 use crate::domain::lease::Lease;
-use crate::domain::machine::{MachineSpec, StoredMachine};
+use crate::domain::machine::{DedupPolicy, MachineSpec, StoredMachine};
 use crate::domain::tape::StoredEvent;
 use crate::domain::time::Timestamp;
 use crate::proto;
@@ -95,6 +95,21 @@ pub fn spec_to_proto(s: &MachineSpec) -> proto::MachineSpec {
                 allowed_in: r.allowed_in.clone(),
             })
             .collect(),
+        timeouts: s
+            .timeouts
+            .iter()
+            .map(|t| proto::StateTimeout {
+                state: t.state.clone(),
+                after: Some(pduration(t.after)),
+                idle: t.idle,
+                transition: t.transition.clone(),
+            })
+            .collect(),
+        retain_after_final: s.retain_after_final.map(pduration),
+        dedup: match s.dedup {
+            DedupPolicy::Forever => proto::DedupPolicy::Forever,
+            DedupPolicy::WhileActive => proto::DedupPolicy::WhileActive,
+        } as i32,
     }
 }
 
@@ -167,15 +182,35 @@ impl From<AppendOutcome> for proto::AppendEventsResponse {
     }
 }
 
+/// The token of the page after one that ended at `last`; empty when none follows.
+fn next_page(more: bool, last: Option<&str>) -> String {
+    match (more, last) {
+        (true, Some(last)) => crate::domain::command::PageToken::after(last).encode(),
+        _ => String::new(),
+    }
+}
+
 /// A ListEntities page and whether more follow.
 pub fn page((page, more): (Vec<Entity>, bool)) -> proto::ListEntitiesResponse {
-    let next_page_token = match (more, page.last()) {
-        (true, Some(last)) => crate::domain::command::PageToken::after(&last.id).encode(),
-        _ => String::new(),
-    };
     proto::ListEntitiesResponse {
+        next_page_token: next_page(more, page.last().map(|e| e.id.as_str())),
         entities: page.into_iter().map(entity).collect(),
-        next_page_token,
+    }
+}
+
+/// A ListLeases page and whether more follow.
+pub fn lease_page((page, more): (Vec<Lease>, bool)) -> proto::ListLeasesResponse {
+    proto::ListLeasesResponse {
+        next_page_token: next_page(more, page.last().map(|l| l.key.as_str())),
+        leases: page.into_iter().map(lease).collect(),
+    }
+}
+
+/// A ListMachines page and whether more follow.
+pub fn machine_page((page, more): (Vec<StoredMachine>, bool)) -> proto::ListMachinesResponse {
+    proto::ListMachinesResponse {
+        next_page_token: next_page(more, page.last().map(|m| m.machine.kind().as_str())),
+        machines: page.iter().map(machine).collect(),
     }
 }
 

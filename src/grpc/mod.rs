@@ -9,8 +9,8 @@ mod status;
 pub use status::DOMAIN;
 
 use crate::domain::command::{
-    AcquireLease, AppendEvents, CreateEntity, DefineMachine, GetEntity, GetLease, GetMachine, ListEntities,
-    ReleaseLease, RenewLease, StreamEvents, Transition,
+    AcquireLease, AppendEvents, CreateEntity, DefineMachine, DeleteEntity, ForceReleaseLease, GetEntity, GetLease,
+    GetMachine, ListEntities, ListLeases, ListMachines, ReleaseLease, RenewLease, StreamEvents, Transition,
 };
 use crate::proto::{self, coordinator_server};
 use crate::service::{self, Coordinator};
@@ -131,6 +131,42 @@ impl coordinator_server::Coordinator for CoordinatorService {
         })
         .await?;
         Ok(served.map(|s| s.0))
+    }
+
+    async fn list_leases(&self, req: Request<proto::ListLeasesRequest>) -> Reply<proto::ListLeasesResponse> {
+        unary(req.into_inner(), |cmd: ListLeases| async {
+            Ok(convert::lease_page(self.inner.list_leases(cmd).await?))
+        })
+        .await
+    }
+
+    async fn force_release_lease(
+        &self,
+        req: Request<proto::ForceReleaseLeaseRequest>,
+    ) -> Reply<proto::ForceReleaseLeaseResponse> {
+        unary(req.into_inner(), |cmd: ForceReleaseLease| async {
+            let ended = self.inner.force_release_lease(cmd).await?;
+            Ok(proto::ForceReleaseLeaseResponse {
+                released: ended.is_some(),
+                lease: ended.map(convert::lease),
+            })
+        })
+        .await
+    }
+
+    async fn list_machines(&self, req: Request<proto::ListMachinesRequest>) -> Reply<proto::ListMachinesResponse> {
+        unary(req.into_inner(), |cmd: ListMachines| async {
+            Ok(convert::machine_page(self.inner.list_machines(cmd).await?))
+        })
+        .await
+    }
+
+    async fn delete_entity(&self, req: Request<proto::DeleteEntityRequest>) -> Reply<proto::DeleteEntityResponse> {
+        unary(req.into_inner(), |cmd: DeleteEntity| async {
+            let deleted = self.inner.delete_entity(cmd).await?;
+            Ok(proto::DeleteEntityResponse { deleted })
+        })
+        .await
     }
 }
 

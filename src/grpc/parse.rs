@@ -4,12 +4,14 @@
 
 use crate::domain::DomainError;
 use crate::domain::command::{
-    AcquireLease, AppendEvents, CreateEntity, DefineMachine, GetEntity, GetLease, GetMachine, ListEntities, PageToken,
-    ReleaseLease, RenewLease, StreamEvents, Transition,
+    AcquireLease, AppendEvents, CreateEntity, DefineMachine, DeleteEntity, ForceReleaseLease, GetEntity, GetLease,
+    GetMachine, ListEntities, ListLeases, ListMachines, PageToken, ReleaseLease, RenewLease, StreamEvents, Transition,
 };
 use crate::domain::entity::{Version, parse_field_names, parse_fields};
 use crate::domain::lease::{Fence, FencingToken, MAX_WAIT, Ttl};
-use crate::domain::machine::{FieldRule, FinalEvent, Machine, MachineSpec, TransitionAsk, TransitionSpec};
+use crate::domain::machine::{
+    DedupPolicy, FieldRule, FinalEvent, Machine, MachineSpec, TimeoutSpec, TransitionAsk, TransitionSpec,
+};
 use crate::domain::names::{DedupKey, EntityId, Holder, LeaseKey, Name, Namespace, RequestId};
 use crate::domain::tape::{self, IfSealed, Seq};
 use crate::proto;
@@ -185,9 +187,68 @@ impl TryFrom<proto::ListEntitiesRequest> for ListEntities {
             has_fields: parse_field_names("has_fields", r.has_fields)?,
             missing_fields: parse_field_names("missing_fields", r.missing_fields)?,
             limit: ListEntities::parse_limit("page_size", r.page_size)?,
-            after: (!r.page_token.is_empty())
-                .then(|| PageToken::parse("page_token", &r.page_token))
-                .transpose()?,
+            after: page_token(&r.page_token)?,
+        })
+    }
+}
+
+fn page_token(s: &str) -> Parsed<Option<PageToken>> {
+    (!s.is_empty()).then(|| PageToken::parse("page_token", s)).transpose()
+}
+
+impl TryFrom<proto::ListLeasesRequest> for ListLeases {
+    type Error = DomainError;
+
+    fn try_from(r: proto::ListLeasesRequest) -> Parsed<Self> {
+        // A prefix is any start of a key: checked as a key when it is not empty.
+        let prefix = if r.key_prefix.is_empty() {
+            String::new()
+        } else {
+            LeaseKey::parse("key_prefix", r.key_prefix)?.as_str().to_string()
+        };
+        Ok(Self {
+            ns: ns(r.namespace)?,
+            prefix,
+            limit: ListEntities::parse_limit("page_size", r.page_size)?,
+            after: page_token(&r.page_token)?,
+        })
+    }
+}
+
+impl TryFrom<proto::ListMachinesRequest> for ListMachines {
+    type Error = DomainError;
+
+    fn try_from(r: proto::ListMachinesRequest) -> Parsed<Self> {
+        Ok(Self {
+            ns: ns(r.namespace)?,
+            limit: ListEntities::parse_limit("page_size", r.page_size)?,
+            after: page_token(&r.page_token)?,
+        })
+    }
+}
+
+impl TryFrom<proto::ForceReleaseLeaseRequest> for ForceReleaseLease {
+    type Error = DomainError;
+
+    fn try_from(r: proto::ForceReleaseLeaseRequest) -> Parsed<Self> {
+        Ok(Self {
+            ns: ns(r.namespace)?,
+            key: LeaseKey::parse("key", r.key)?,
+            by: Holder::parse("by", r.by)?,
+            request_id: rid(r.request_id)?,
+        })
+    }
+}
+
+impl TryFrom<proto::DeleteEntityRequest> for DeleteEntity {
+    type Error = DomainError;
+
+    fn try_from(r: proto::DeleteEntityRequest) -> Parsed<Self> {
+        Ok(Self {
+            ns: ns(r.namespace)?,
+            id: EntityId::parse("entity_id", r.entity_id)?,
+            force: r.force,
+            request_id: rid(r.request_id)?,
         })
     }
 }
@@ -270,6 +331,30 @@ pub fn spec_from_proto(s: proto::MachineSpec) -> Parsed<MachineSpec> {
             })
         })
         .collect::<Parsed<_>>()?;
+    let timeouts = s
+        .timeouts
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let field = format!("spec.timeouts[{i}].after");
+            Ok(TimeoutSpec {
+                state: t.state,
+                after: duration(&field, t.after)?.ok_or_else(|| DomainError::invalid(field, "is required"))?,
+                idle: t.idle,
+                transition: t.transition,
+            })
+        })
+        .collect::<Parsed<_>>()?;
+    let dedup = match proto::DedupPolicy::try_from(s.dedup) {
+        Ok(proto::DedupPolicy::Unspecified | proto::DedupPolicy::Forever) => DedupPolicy::Forever,
+        Ok(proto::DedupPolicy::WhileActive) => DedupPolicy::WhileActive,
+        Err(_) => {
+            return Err(DomainError::invalid(
+                "spec.dedup",
+                format!("unknown policy {}", s.dedup),
+            ));
+        }
+    };
     Ok(MachineSpec {
         kind: s.kind,
         states: s.states,
@@ -284,6 +369,9 @@ pub fn spec_from_proto(s: proto::MachineSpec) -> Parsed<MachineSpec> {
                 allowed_in: r.allowed_in,
             })
             .collect(),
+        timeouts,
+        retain_after_final: duration("spec.retain_after_final", s.retain_after_final)?,
+        dedup,
     })
 }
 

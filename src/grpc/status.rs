@@ -97,6 +97,20 @@ impl From<Error> for Status {
                     msg,
                     &[("name", name)],
                 ),
+                DomainError::EntityActive {
+                    id,
+                    current_state,
+                    version,
+                } => status(
+                    Code::FailedPrecondition,
+                    "ENTITY_ACTIVE",
+                    msg,
+                    &[
+                        ("id", id),
+                        ("current_state", current_state),
+                        ("version", version.to_string()),
+                    ],
+                ),
                 DomainError::StateInUse { kind, state } => status(
                     Code::FailedPrecondition,
                     "STATE_IN_USE",

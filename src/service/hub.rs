@@ -5,7 +5,7 @@
 //! A wake-up can still be missed (a replica that died between its commit and its NOTIFY,
 //! a bug): [`Hub::sweep`] compares, once per heartbeat, the head the hub last heard of for
 //! every subscribed entity with the stored one, in one query, and wakes the subscribers of
-//! any entity that is behind — so a missed wake-up costs at most one heartbeat.
+//! any entity that is behind (and tells those of a deleted entity it is gone) — so a missed wake-up costs at most one heartbeat.
 
 use crate::domain::names::{EntityId, LeaseKey, Namespace};
 use crate::domain::tape::{Seq, StoredEvent};
@@ -23,6 +23,8 @@ pub enum TapeSignal {
     Head(Seq),
     /// Something may have been missed; re-read from the table.
     Resync,
+    /// The entity is gone (deleted, or purged past its retention).
+    Gone,
 }
 
 type TapeKey = (Namespace, EntityId);
@@ -133,6 +135,12 @@ impl Hub {
         for chunk in keys.chunks(SWEEP_CHUNK) {
             let heads = store.heads(chunk).await?;
             let mut tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
+            let stored: std::collections::HashSet<&TapeKey> = heads.iter().map(|(k, _)| k).collect();
+            for key in chunk.iter().filter(|k| !stored.contains(k)) {
+                if let Some(tape) = tapes.get(key) {
+                    let _ = tape.signals.send(TapeSignal::Gone);
+                }
+            }
             for (key, stored) in heads {
                 let Some(tape) = tapes.get_mut(&key) else { continue };
                 if tape.head.is_none_or(|known| stored > known) {

@@ -1,6 +1,7 @@
 //! Orchestration: each call is one store transaction that loads, asks `domain` to decide,
 //! writes, records its outcome for retries (I10) and announces its change to the hub.
 
+mod admin;
 mod entities;
 mod error;
 mod hub;
@@ -10,6 +11,7 @@ mod pipeline;
 mod tape;
 
 pub use crate::domain::outcome::{AcquireOutcome, AppendOutcome, CreateOutcome, LeaseView, TransitionOutcome};
+pub use admin::DueStats;
 pub use error::Error;
 pub use hub::Hub;
 pub use machines::DefineOutcome;
@@ -90,17 +92,33 @@ impl Coordinator {
         &self.hub
     }
 
-    /// Deletes expired request outcomes when this replica is the housekeeper.
-    pub async fn housekeeping(&self) -> Result<u64> {
+    /// One round of housekeeping when this replica is the housekeeper (`None` when it is
+    /// not): entities whose due time came (state timeouts, retention), and, with
+    /// `purge_requests`, request outcomes older than their retention.
+    pub async fn housekeeping(&self, purge_requests: bool) -> Result<Option<Housework>> {
         if !self.store.is_housekeeper().await? {
-            return Ok(0);
+            return Ok(None);
         }
-        let now = self.store.now().await?;
-        let cutoff = crate::domain::time::Timestamp(
-            now.0 - i64::try_from(self.config.request_retention.as_micros()).unwrap_or(i64::MAX),
-        );
-        Ok(self.store.purge_requests(cutoff).await?)
+        let due = self.run_due().await?;
+        let mut requests_purged = 0;
+        if purge_requests {
+            let now = self.store.now().await?;
+            let cutoff = crate::domain::time::Timestamp(
+                now.0 - i64::try_from(self.config.request_retention.as_micros()).unwrap_or(i64::MAX),
+            );
+            requests_purged = self.store.purge_requests(cutoff).await?;
+        }
+        Ok(Some(Housework { due, requests_purged }))
     }
+}
+
+/// What one round of housekeeping did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Housework {
+    /// Timeouts fired, entities purged, entities looked at too early.
+    pub due: DueStats,
+    /// Request outcomes deleted.
+    pub requests_purged: u64,
 }
 
 impl Coordinator {

@@ -153,6 +153,10 @@ impl Coordinator {
                         Ok(TapeSignal::Head(head)) if head > *cursor => continue 'catch_up,
                         Ok(TapeSignal::Head(_)) => {}
                         Ok(TapeSignal::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
+                        Ok(TapeSignal::Gone) => return Err(DomainError::NotFound {
+                            what: "entity".into(),
+                            name: id.to_string(),
+                        }.into()),
                         Err(broadcast::error::RecvError::Closed) => return Err(Error::ShuttingDown { last_seq: Some(*cursor) }),
                     },
                 }

@@ -26,6 +26,7 @@ pub type EntityTuple = (
     i64,
     i64,
     Option<i64>,
+    Option<i64>,
 );
 /// An event row's columns: seq, type, content_type, payload, state, created_at_us.
 pub type EventTuple = (i64, String, String, Vec<u8>, Option<String>, i64);
@@ -84,7 +85,7 @@ pub fn machine_json(m: &StoredMachine) -> Result<String> {
 }
 
 pub fn entity(t: EntityTuple) -> Result<Entity> {
-    let (id, kind, state, version, fields, dedup, created, updated, activity, last_seq, final_seq) = t;
+    let (id, kind, state, version, fields, dedup, created, updated, activity, last_seq, final_seq, due) = t;
     let fields: Fields = serde_json::from_str(&fields).map_err(|e| corrupt("entity", e))?;
     Ok(Entity {
         id: EntityId::parse("id", id).map_err(|e| corrupt("entity", e))?,
@@ -101,7 +102,17 @@ pub fn entity(t: EntityTuple) -> Result<Entity> {
         last_activity_at: Timestamp(activity),
         last_seq: seq(last_seq).map_err(|e| corrupt("entity", e))?,
         final_seq: final_seq.map(seq).transpose().map_err(|e| corrupt("entity", e))?,
+        due_at: due.map(Timestamp),
     })
+}
+
+/// A `(namespace, id)` row.
+pub fn entity_key((ns, id): (String, String)) -> Result<(Namespace, EntityId)> {
+    let bad = |e: crate::domain::DomainError| corrupt("entity", e);
+    Ok((
+        Namespace::parse("namespace", ns).map_err(bad)?,
+        EntityId::parse("id", id).map_err(bad)?,
+    ))
 }
 
 pub fn fields_json(f: &Fields) -> String {

@@ -13,7 +13,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::domain::batch::{Lock, Reads, Rows, StoredRequest, Writes};
-use crate::domain::command::ListEntities;
+use crate::domain::command::{ListEntities, ListLeases, ListMachines};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
 use crate::domain::machine::StoredMachine;
@@ -197,6 +197,13 @@ pub trait Store: Send + Sync + 'static {
     async fn heads(&self, keys: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>>;
     /// Up to `limit` events with seq > `after`, in order.
     async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>>;
+    /// Up to `limit` entities whose due time (a state timeout, a purge) is at or before
+    /// `now`, soonest first.
+    async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<(Namespace, EntityId)>>;
+    /// A page of the leases live at `now`, ordered by key.
+    async fn list_leases(&self, q: &ListLeases, now: Timestamp) -> Result<Vec<LeaseRow>>;
+    /// A page of machines, ordered by kind.
+    async fn list_machines(&self, q: &ListMachines) -> Result<Vec<MachineRow>>;
     /// Deletes request outcomes stored before `before`; returns how many.
     async fn purge_requests(&self, before: Timestamp) -> Result<u64>;
     /// True when this replica should run housekeeping (one replica at a time).

@@ -361,6 +361,7 @@ async fn machine_rules_are_validated(backend: Backend) {
             ..Default::default()
         }],
         field_rules: vec![],
+        ..Default::default()
     };
     let e = expect_err(
         c.define_machine(define(drop_running)).await,

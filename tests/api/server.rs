@@ -87,6 +87,10 @@ async fn health_and_reflection(backend: Backend) {
         "Transition",
         "AppendEvents",
         "StreamEvents",
+        "ListLeases",
+        "ForceReleaseLease",
+        "ListMachines",
+        "DeleteEntity",
     ];
     assert_eq!(methods, expected);
 }

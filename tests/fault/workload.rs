@@ -45,6 +45,7 @@ pub fn machine() -> proto::MachineSpec {
             t("cancel", &["pending", "running"], "done", &["done"]),
         ],
         field_rules: vec![],
+        ..Default::default()
     }
 }
 

@@ -148,6 +148,7 @@ fn machine() -> proto::MachineSpec {
         terminal_states: vec!["done".into()],
         transitions: vec![transition("tick", "running"), transition("finish", "done")],
         field_rules: vec![],
+        ..Default::default()
     }
 }
 

@@ -161,8 +161,20 @@ const strings = (v: unknown): string[] => (Array.isArray(v) ? v.map(String) : []
 /** One `[[machine]]` table as a MachineSpec; unknown keys are an error (a typo must not drop a guard). */
 export function machineSpecFromTable(m: Toml): MachineSpec {
   const kind = String(m.kind ?? '?');
-  checkKeys(`machine ${kind}`, m, ['kind', 'states', 'initial_state', 'terminal_states', 'transition', 'field_rule']);
+  checkKeys(`machine ${kind}`, m, [
+    'kind',
+    'states',
+    'initial_state',
+    'terminal_states',
+    'transition',
+    'field_rule',
+    'timeout',
+    'retain_after_final',
+    'dedup',
+  ]);
   if (m.kind === undefined) throw new TypeError("machine: missing key 'kind'");
+  const dedup = m.dedup === undefined ? 'forever' : String(m.dedup);
+  if (!(dedup in DEDUP)) throw new TypeError(`machine ${kind}: dedup must be one of ${JSON.stringify(Object.keys(DEDUP))}, got ${JSON.stringify(m.dedup)}`);
   return {
     kind,
     states: strings(m.states),
@@ -183,8 +195,25 @@ export function machineSpecFromTable(m: Toml): MachineSpec {
       checkKeys(`machine ${kind} field_rule ${String(r.field)}`, r, ['field', 'allowed_in']);
       return { field: String(r.field), allowed_in: strings(r.allowed_in) };
     }),
+    timeouts: ((m.timeout ?? []) as Toml[]).map((t) => {
+      checkKeys(`machine ${kind} timeout ${String(t.state)}`, t, ['state', 'after', 'idle', 'transition']);
+      return {
+        state: String(t.state),
+        after: duration(t.after as DurationLike),
+        idle: t.idle === true,
+        transition: String(t.transition),
+      };
+    }),
+    retain_after_final: m.retain_after_final != null ? duration(m.retain_after_final as DurationLike) : null,
+    dedup: DEDUP[dedup],
   };
 }
+
+/** `dedup` in a machines file, as the proto enum. */
+const DEDUP: Record<string, 'DEDUP_POLICY_FOREVER' | 'DEDUP_POLICY_WHILE_ACTIVE'> = {
+  forever: 'DEDUP_POLICY_FOREVER',
+  while_active: 'DEDUP_POLICY_WHILE_ACTIVE',
+};
 
 /** The `[[machine]]` tables of a TOML file (a path, or TOML text containing a newline). */
 export function loadMachines(source: string): MachineSpec[] {

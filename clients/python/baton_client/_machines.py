@@ -68,7 +68,12 @@ def duration(value: DurationLike) -> duration_pb2.Duration:
 
 _TRANSITION_KEYS = {"name", "from", "to", "stale_from", "stale_after", "noop_from"}
 _FIELD_RULE_KEYS = {"field", "allowed_in"}
-_MACHINE_KEYS = {"kind", "states", "initial_state", "terminal_states"}
+_TIMEOUT_KEYS = {"state", "after", "idle", "transition"}
+_MACHINE_KEYS = {"kind", "states", "initial_state", "terminal_states", "retain_after_final", "dedup"}
+_DEDUP = {
+    "forever": pb.DEDUP_POLICY_FOREVER,
+    "while_active": pb.DEDUP_POLICY_WHILE_ACTIVE,
+}
 _DOC_KEYS = {"description", "doc", "comment"}
 
 
@@ -87,7 +92,7 @@ def machine_spec_from_dict(table: Mapping[str, Any]) -> pb.MachineSpec:
     _check_keys(
         f"machine {kind!r}",
         table,
-        _MACHINE_KEYS | {"transition", "transitions", "field_rule", "field_rules"},
+        _MACHINE_KEYS | {"transition", "transitions", "field_rule", "field_rules", "timeout", "timeouts"},
     )
     if "kind" not in table:
         raise ValueError("machine: missing key 'kind'")
@@ -111,6 +116,20 @@ def machine_spec_from_dict(table: Mapping[str, Any]) -> pb.MachineSpec:
     for rule in list(table.get("field_rule", [])) + list(table.get("field_rules", [])):
         _check_keys(f"machine {kind!r} field_rule {rule.get('field')!r}", rule, _FIELD_RULE_KEYS)
         spec.field_rules.add(field=rule["field"], allowed_in=list(rule.get("allowed_in", [])))
+    for to in list(table.get("timeout", [])) + list(table.get("timeouts", [])):
+        _check_keys(f"machine {kind!r} timeout {to.get('state')!r}", to, _TIMEOUT_KEYS)
+        spec.timeouts.add(
+            state=to["state"],
+            after=duration(to["after"]),
+            idle=bool(to.get("idle", False)),
+            transition=to["transition"],
+        )
+    if table.get("retain_after_final") is not None:
+        spec.retain_after_final.CopyFrom(duration(table["retain_after_final"]))
+    if "dedup" in table:
+        if table["dedup"] not in _DEDUP:
+            raise ValueError(f"machine {kind!r}: dedup must be one of {sorted(_DEDUP)}, got {table['dedup']!r}")
+        spec.dedup = _DEDUP[table["dedup"]]
     return spec
 
 

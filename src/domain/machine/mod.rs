@@ -5,8 +5,8 @@ pub mod plan;
 pub mod spec;
 pub mod validate;
 
-pub use plan::{FinalEvent, TransitionAsk, TransitionPlan, plan_create, plan_transition};
-pub use spec::{FieldRule, MachineSpec, TransitionSpec};
+pub use plan::{DuePlan, FinalEvent, TransitionAsk, TransitionPlan, plan_create, plan_due, plan_transition};
+pub use spec::{DedupPolicy, FieldRule, MachineSpec, TimeoutSpec, TransitionSpec};
 pub use validate::{MAX_STALE_AFTER, MAX_STATES, MIN_STALE_AFTER, Machine};
 
 use super::time::Timestamp;

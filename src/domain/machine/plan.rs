@@ -46,6 +46,8 @@ pub struct TransitionAsk {
 }
 
 /// The decision.
+// Made and consumed once per command: boxing the common variant would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionPlan {
     /// A declared no-op state: nothing changes, nothing is written.
@@ -150,7 +152,7 @@ pub fn plan_transition(
     }
     let events = tape::number(entity.last_seq, new, now);
     let head = events.last().map_or(entity.last_seq, |e| e.seq);
-    let entity = Entity {
+    let mut entity = Entity {
         state: t.to.clone(),
         version: entity.version.next(),
         fields,
@@ -160,6 +162,7 @@ pub fn plan_transition(
         final_seq: terminal.then_some(head),
         ..entity.clone()
     };
+    entity.due_at = machine.due_at(&entity);
     Ok(TransitionPlan::Apply(EntityChange { entity, events }))
 }
 
@@ -173,7 +176,7 @@ pub fn plan_create(
     now: Timestamp,
 ) -> Result<Entity, DomainError> {
     machine.check_initial_fields(&fields)?;
-    Ok(Entity {
+    let mut entity = Entity {
         id,
         kind: machine.kind().clone(),
         state: machine.initial_state().to_string(),
@@ -185,6 +188,68 @@ pub fn plan_create(
         last_activity_at: now,
         last_seq: Seq::ZERO,
         final_seq: None,
+        due_at: None,
+    };
+    entity.due_at = machine.due_at(&entity);
+    Ok(entity)
+}
+
+/// What the server does with an entity whose due time came (state timeouts, retention).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DuePlan {
+    /// Nothing is due now or later (the machine was redefined without it): forget it.
+    Clear,
+    /// Not yet (activity moved an idle timeout, or a redefinition moved it): look again then.
+    Later(Timestamp),
+    /// Its state timed out: run this transition, with the machine's rules.
+    Fire(TransitionAsk),
+    /// Finished longer ago than the machine retains: delete it and its tape.
+    Purge,
+}
+
+/// Event type of the event a timeout's transition appends, saying why it ran.
+pub const TIMEOUT_EVENT: &str = "baton.timeout";
+
+/// Decides what is due for `entity` at `now`, by the machine as it is now (I4 still holds:
+/// the timeout's transition is planned like any other, and only when it is allowed).
+pub fn plan_due(machine: &Machine, entity: &Entity, now: Timestamp) -> DuePlan {
+    let Some(due) = machine.due_at(entity) else {
+        return DuePlan::Clear;
+    };
+    if due > now {
+        return DuePlan::Later(due);
+    }
+    if entity.final_seq.is_some() {
+        return DuePlan::Purge;
+    }
+    let Some(t) = machine.timeout(&entity.state) else {
+        return DuePlan::Clear;
+    };
+    let Ok(name) = Name::parse("transition", t.transition.clone()) else {
+        return DuePlan::Clear;
+    };
+    let why = serde_json::json!({
+        "state": entity.state,
+        "after": humantime::format_duration(t.after).to_string(),
+        "idle": t.idle,
+        "transition": t.transition,
+    })
+    .to_string()
+    .into_bytes();
+    DuePlan::Fire(TransitionAsk {
+        name,
+        expect_version: Some(entity.version),
+        set_fields: Fields::new(),
+        clear_fields: vec![],
+        events: vec![EventInput {
+            event_type: TIMEOUT_EVENT.to_string(),
+            payload: why.clone(),
+            content_type: "application/json".to_string(),
+        }],
+        final_event: FinalEvent {
+            payload: why,
+            content_type: "application/json".to_string(),
+        },
     })
 }
 
@@ -427,6 +492,7 @@ mod properties {
                             allowed_in: dedup(allowed),
                         })
                         .collect(),
+                    ..MachineSpec::default()
                 };
                 Machine::parse(spec).expect("generated spec is valid")
             })

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// The declared rules of a kind, as written in a TOML file, sent over the API, and stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineSpec {
     /// Kind governed.
@@ -21,6 +21,52 @@ pub struct MachineSpec {
     /// Field rules.
     #[serde(default, rename = "field_rule")]
     pub field_rules: Vec<FieldRule>,
+    /// State timeouts: the transition the server runs when an entity has been in a state
+    /// (or idle in it) too long.
+    #[serde(default, rename = "timeout", skip_serializing_if = "Vec::is_empty")]
+    pub timeouts: Vec<TimeoutSpec>,
+    /// How long a finished entity (and its tape) is kept after `final`; forever when unset.
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub retain_after_final: Option<Duration>,
+    /// Whether a dedup key stays taken after its entity finished.
+    #[serde(default, skip_serializing_if = "DedupPolicy::is_forever")]
+    pub dedup: DedupPolicy,
+}
+
+/// A state timeout: an entity in `state` for `after` (measured from when it entered the
+/// state, or with `idle` from its last activity) is moved by `transition`, once, by the
+/// server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSpec {
+    /// The state that times out (not terminal).
+    pub state: String,
+    /// How long, e.g. "1h", "3days".
+    #[serde(with = "duration")]
+    pub after: Duration,
+    /// Measure from the last activity (transition or append) instead of entering the state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
+    /// The transition that fires; it must be allowed from `state`.
+    pub transition: String,
+}
+
+/// When a dedup key is free again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupPolicy {
+    /// Never: one entity per (kind, dedup key), ever ("one review per commit").
+    #[default]
+    Forever,
+    /// Once its entity is in a terminal state, the next create makes a new entity and the
+    /// finished one gives the key up.
+    WhileActive,
+}
+
+impl DedupPolicy {
+    fn is_forever(&self) -> bool {
+        *self == DedupPolicy::Forever
+    }
 }
 
 /// One named transition.
@@ -53,6 +99,20 @@ pub struct FieldRule {
     pub field: String,
     /// The states it may be present in.
     pub allowed_in: Vec<String>,
+}
+
+/// A required duration as a human string.
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Durations as human strings ("72h", "3days 2h") in TOML and stored JSON.

@@ -1,10 +1,11 @@
 //! Validation of specs: [`Machine::parse`] turns a [`MachineSpec`] into a [`Machine`], or
 //! names the rule it breaks (`spec.transitions[2].from[0]`).
 
-use super::spec::{MachineSpec, TransitionSpec};
+use super::spec::{DedupPolicy, MachineSpec, TimeoutSpec, TransitionSpec};
 use crate::domain::DomainError;
-use crate::domain::entity::{Fields, MAX_FIELDS};
+use crate::domain::entity::{Entity, Fields, MAX_FIELDS};
 use crate::domain::names::Name;
+use crate::domain::time::Timestamp;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -12,6 +13,12 @@ use std::time::Duration;
 pub const MIN_STALE_AFTER: Duration = Duration::from_secs(1);
 /// Longest accepted `stale_after`.
 pub const MAX_STALE_AFTER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Shortest state timeout and retention.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest state timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest `retain_after_final`.
+pub const MAX_RETAIN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Most states (and most transitions) in a machine.
 pub const MAX_STATES: usize = 64;
 
@@ -177,7 +184,102 @@ impl Machine {
                 known(format!("{at}.allowed_in[{j}]"), s)?;
             }
         }
+        let mut timed = BTreeSet::new();
+        for (i, t) in spec.timeouts.iter().enumerate() {
+            let at = format!("spec.timeouts[{i}]");
+            known(format!("{at}.state"), &t.state)?;
+            if terminal.contains(t.state.as_str()) {
+                return Err(DomainError::invalid(
+                    format!("{at}.state"),
+                    format!(
+                        "{:?} is terminal: a finished entity does not time out (see retain_after_final)",
+                        t.state
+                    ),
+                ));
+            }
+            if !timed.insert(t.state.as_str()) {
+                return Err(DomainError::invalid(
+                    format!("{at}.state"),
+                    format!("state {:?} has two timeouts", t.state),
+                ));
+            }
+            if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&t.after) {
+                return Err(DomainError::invalid(
+                    format!("{at}.after"),
+                    "must be between 1s and 365 days",
+                ));
+            }
+            let Some(fires) = spec.transitions.iter().find(|x| x.name == t.transition) else {
+                return Err(DomainError::invalid(
+                    format!("{at}.transition"),
+                    format!("no transition is named {:?}", t.transition),
+                ));
+            };
+            if !timeout_allowed(t, fires) {
+                return Err(DomainError::invalid(
+                    format!("{at}.transition"),
+                    format!(
+                        "transition {:?} is not allowed from state {:?}{}",
+                        t.transition,
+                        t.state,
+                        if fires.stale_from.contains(&t.state) {
+                            " (it is in stale_from: the timeout must be idle and at least stale_after)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = spec.retain_after_final
+            && !(MIN_TIMEOUT..=MAX_RETAIN).contains(&r)
+        {
+            return Err(DomainError::invalid(
+                "spec.retain_after_final",
+                "must be between 1s and 3650 days",
+            ));
+        }
         Ok(Self { spec, kind })
+    }
+
+    /// The timeout `state` declares, if any.
+    pub fn timeout(&self, state: &str) -> Option<&TimeoutSpec> {
+        self.spec.timeouts.iter().find(|t| t.state == state)
+    }
+
+    /// The dedup key policy.
+    pub fn dedup(&self) -> DedupPolicy {
+        self.spec.dedup
+    }
+
+    /// What each state schedules: `(state, after, idle)` for every state timeout, and
+    /// `(terminal state, retain_after_final, false)` for each terminal state when finished
+    /// entities are purged. An entity's due time is its state's `after` past when it entered
+    /// the state (`updated_at`), or with `idle` past its last activity.
+    pub fn schedules(&self) -> Vec<(&str, Duration, bool)> {
+        let timeouts = self.spec.timeouts.iter().map(|t| (t.state.as_str(), t.after, t.idle));
+        let purges = self
+            .spec
+            .retain_after_final
+            .into_iter()
+            .flat_map(|r| self.spec.terminal_states.iter().map(move |s| (s.as_str(), r, false)));
+        timeouts.chain(purges).collect()
+    }
+
+    /// When the server must next look at `entity`: its state's timeout, or once finished
+    /// its purge; `None` when never. For an idle timeout this is a lower bound (an append
+    /// since moves it later; the server then looks again).
+    pub fn due_at(&self, entity: &Entity) -> Option<Timestamp> {
+        if entity.final_seq.is_some() {
+            return self.spec.retain_after_final.map(|r| entity.updated_at.plus(r));
+        }
+        let t = self.timeout(&entity.state)?;
+        let since = if t.idle {
+            entity.last_activity_at
+        } else {
+            entity.updated_at
+        };
+        Some(since.plus(t.after))
     }
 
     /// The transition called `name`.
@@ -254,6 +356,13 @@ impl Machine {
     }
 }
 
+/// True when a timeout's transition may fire from its state: listed in `from`, or in
+/// `stale_from` with an idle timeout at least as long as the staleness guard.
+fn timeout_allowed(t: &TimeoutSpec, fires: &TransitionSpec) -> bool {
+    fires.from.contains(&t.state)
+        || (fires.stale_from.contains(&t.state) && t.idle && fires.stale_after.is_some_and(|s| t.after >= s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +396,37 @@ mod tests {
                 "spec.field_rules[0].allowed_in[0]",
             ),
             (Box::new(|s| s.states.push("running".into())), "spec.states[6]"),
+            (
+                Box::new(|s| s.timeouts.push(timeout("pending", "1h", "stop"))),
+                "spec.timeouts[0].transition",
+            ),
+            (
+                Box::new(|s| s.timeouts.push(timeout("running", "1h", "resume"))),
+                "spec.timeouts[0].transition",
+            ),
+            (
+                Box::new(|s| s.timeouts.push(timeout("completed", "1h", "cancel"))),
+                "spec.timeouts[0].state",
+            ),
+            (
+                Box::new(|s| s.timeouts.push(timeout("pending", "0s", "cancel"))),
+                "spec.timeouts[0].after",
+            ),
+            (
+                Box::new(|s| s.timeouts.push(timeout("pending", "1h", "nope"))),
+                "spec.timeouts[0].transition",
+            ),
+            (
+                Box::new(|s| {
+                    s.timeouts.push(timeout("pending", "1h", "cancel"));
+                    s.timeouts.push(timeout("pending", "2h", "cancel"));
+                }),
+                "spec.timeouts[1].state",
+            ),
+            (
+                Box::new(|s| s.retain_after_final = Some(Duration::ZERO)),
+                "spec.retain_after_final",
+            ),
         ];
         for (mutate, field) in cases {
             let mut spec = base.clone();
@@ -296,5 +436,41 @@ mod tests {
                 other => panic!("{field}: {other:?}"),
             }
         }
+    }
+
+    fn timeout(state: &str, after: &str, transition: &str) -> TimeoutSpec {
+        TimeoutSpec {
+            state: state.into(),
+            after: humantime::parse_duration(after).unwrap(),
+            idle: false,
+            transition: transition.into(),
+        }
+    }
+
+    #[test]
+    fn timeouts_are_allowed_from_or_idle_stale_from_their_state() {
+        let mut spec = run_machine().spec().clone();
+        spec.timeouts.push(timeout("pending", "10m", "cancel"));
+        // `resume` is allowed from running only when idle for 72h: an idle timeout of 72h
+        // or more may fire it.
+        spec.timeouts.push(TimeoutSpec {
+            idle: true,
+            ..timeout("running", "3days", "resume")
+        });
+        spec.retain_after_final = Some(Duration::from_secs(3600));
+        let m = Machine::parse(spec).unwrap();
+        assert_eq!(m.timeout("pending").unwrap().transition, "cancel");
+        assert!(m.timeout("paused").is_none());
+        let mut schedules = m.schedules();
+        schedules.sort();
+        assert_eq!(
+            schedules,
+            vec![
+                ("cancelled", Duration::from_secs(3600), false),
+                ("completed", Duration::from_secs(3600), false),
+                ("pending", Duration::from_secs(600), false),
+                ("running", Duration::from_secs(3 * 24 * 3600), true),
+            ]
+        );
     }
 }

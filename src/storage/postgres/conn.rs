@@ -51,6 +51,11 @@ queries!(
     events,
     purge_requests,
     notify,
+    delete_entities,
+    due,
+    reschedule,
+    list_leases,
+    list_machines,
 );
 
 /// One connection and its statements.

@@ -13,7 +13,7 @@ mod notify;
 use super::decode::{self, EntityTuple, EventTuple};
 use super::{Backend, BatchTx, Change, DefineTx, Loaded, MachineRow, Result, Store, StoreError, StoreOptions};
 use crate::domain::batch::{Lock, Reads, Writes};
-use crate::domain::command::ListEntities;
+use crate::domain::command::{ListEntities, ListLeases, ListMachines};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
 use crate::domain::machine::StoredMachine;
@@ -54,7 +54,8 @@ pub struct PgStore {
     stop_listener: watch::Sender<bool>,
     /// A dedicated connection holding the housekeeper lock while we hold it: session-level
     /// advisory locks never go on shared connections.
-    housekeeper: Mutex<Option<tokio_postgres::Client>>,
+    /// Kept open while we are not the housekeeper too, to ask again on it.
+    housekeeper: Mutex<Option<(tokio_postgres::Client, bool)>>,
     round_trips: Arc<AtomicU64>,
 }
 
@@ -160,8 +161,20 @@ fn entity_at(r: &Row, at: usize) -> Result<Entity> {
         r.try_get(at + 8)?,
         r.try_get(at + 9)?,
         r.try_get(at + 10)?,
+        r.try_get(at + 11)?,
     );
     decode::entity(t)
+}
+
+/// A lease row's columns from `at` on.
+fn lease_at(r: &Row, at: usize) -> Result<LeaseRow> {
+    decode::lease_row((
+        r.try_get(at)?,
+        r.try_get(at + 1)?,
+        r.try_get(at + 2)?,
+        r.try_get(at + 3)?,
+        r.try_get(at + 4)?,
+    ))
 }
 
 fn namespaced_entities(rows: Vec<Row>) -> Result<Vec<(Namespace, Entity)>> {
@@ -286,16 +299,7 @@ impl Store for PgStore {
                 entities,
                 leases: leases
                     .iter()
-                    .map(|r| {
-                        let row = (
-                            r.try_get(1)?,
-                            r.try_get(2)?,
-                            r.try_get(3)?,
-                            r.try_get(4)?,
-                            r.try_get(5)?,
-                        );
-                        Ok((decode::namespace(r.try_get(0)?)?, decode::lease_row(row)?))
-                    })
+                    .map(|r| Ok((decode::namespace(r.try_get(0)?)?, lease_at(r, 1)?)))
                     .collect::<Result<_>>()?,
                 requests: requests
                     .iter()
@@ -384,16 +388,7 @@ impl Store for PgStore {
             .client
             .query_opt(&conn.q.lease, &[&ns.as_str(), &key.as_str()])
             .await?;
-        row.map(|r| {
-            decode::lease_row((
-                r.try_get(0)?,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-                r.try_get(4)?,
-            ))
-        })
-        .transpose()
+        row.map(|r| lease_at(&r, 0)).transpose()
     }
 
     async fn machine(&self, ns: &Namespace, kind: &Name) -> Result<Option<StoredMachine>> {
@@ -417,7 +412,7 @@ impl Store for PgStore {
     async fn list_entities(&self, q: &ListEntities) -> Result<Vec<Entity>> {
         let conn = self.reader().await?;
         let names = |v: &[Name]| v.iter().map(|n| n.as_str().to_string()).collect::<Vec<String>>();
-        let after = q.after.as_ref().map(|p| p.last_id().as_str());
+        let after = q.after.as_ref().map(|p| p.last());
         let rows = conn
             .client
             .query(
@@ -469,6 +464,37 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<(Namespace, EntityId)>> {
+        let conn = self.reader().await?;
+        let rows = conn.client.query(&conn.q.due, &[&now.0, &i64::from(limit)]).await?;
+        rows.iter()
+            .map(|r| decode::entity_key((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    async fn list_leases(&self, q: &ListLeases, now: Timestamp) -> Result<Vec<LeaseRow>> {
+        let conn = self.reader().await?;
+        let after = q.after.as_ref().map(|p| p.last());
+        let rows = conn
+            .client
+            .query(
+                &conn.q.list_leases,
+                &[&q.ns.as_str(), &q.prefix, &now.0, &after, &i64::from(q.limit)],
+            )
+            .await?;
+        rows.iter().map(|r| lease_at(r, 0)).collect()
+    }
+
+    async fn list_machines(&self, q: &ListMachines) -> Result<Vec<MachineRow>> {
+        let conn = self.reader().await?;
+        let after = q.after.as_ref().map(|p| p.last());
+        let rows = conn
+            .client
+            .query(&conn.q.list_machines, &[&q.ns.as_str(), &after, &i64::from(q.limit)])
+            .await?;
+        rows.iter().map(|r| machine_at(r, 0)).collect()
+    }
+
     async fn purge_requests(&self, before: Timestamp) -> Result<u64> {
         let conn = self.reader().await?;
         Ok(conn.client.execute(&conn.q.purge_requests, &[&before.0]).await?)
@@ -476,23 +502,34 @@ impl Store for PgStore {
 
     async fn is_housekeeper(&self) -> Result<bool> {
         let mut slot = self.housekeeper.lock().await;
-        if let Some(client) = slot.as_ref() {
-            if client.simple_query("SELECT 1").await.is_ok() {
-                return Ok(true);
+        if let Some((client, held)) = slot.as_ref() {
+            if client.is_closed() {
+                // The lock went with its session.
+                *slot = None;
+            } else if *held {
+                if client.simple_query("SELECT 1").await.is_ok() {
+                    return Ok(true);
+                }
+                *slot = None;
             }
-            *slot = None;
         }
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        if slot.is_none() {
+            let (client, connection) = self.config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            *slot = Some((client, false));
+        }
+        // The session is kept whether or not it wins, so a replica that asks every half
+        // second does not open a connection each time.
+        let Some((client, held)) = slot.as_mut() else {
+            return Ok(false);
+        };
         let won: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&HOUSEKEEPER_LOCK])
             .await?
             .try_get(0)?;
-        if won {
-            *slot = Some(client);
-        }
+        *held = won;
         Ok(won)
     }
 
@@ -622,6 +659,7 @@ async fn commit(conn: &Conn, w: &Writes) -> Result<()> {
     let n_activity = ints(&n_es, |e| e.last_activity_at.0);
     let n_last = ints(&n_es, |e| decode::to_i64(e.last_seq));
     let n_final: Vec<Option<i64>> = n_es.iter().map(|e| e.final_seq.map(decode::to_i64)).collect();
+    let n_due: Vec<Option<i64>> = n_es.iter().map(|e| e.due_at.map(|t| t.0)).collect();
     let u_ids = strs(&u_es, |e| e.id.to_string());
     let u_states = strs(&u_es, |e| e.state.clone());
     let u_versions = ints(&u_es, |e| decode::to_i64(e.version));
@@ -630,6 +668,10 @@ async fn commit(conn: &Conn, w: &Writes) -> Result<()> {
     let u_activity = ints(&u_es, |e| e.last_activity_at.0);
     let u_last = ints(&u_es, |e| decode::to_i64(e.last_seq));
     let u_final: Vec<Option<i64>> = u_es.iter().map(|e| e.final_seq.map(decode::to_i64)).collect();
+    let u_dedup: Vec<Option<&str>> = u_es.iter().map(|e| e.dedup_key.as_ref().map(|d| d.as_str())).collect();
+    let u_due: Vec<Option<i64>> = u_es.iter().map(|e| e.due_at.map(|t| t.0)).collect();
+    // Entities deleted.
+    let (d_ns, d_ids) = columns(&w.deleted);
     // Events.
     let v_ns: Vec<&str> = w.events.iter().map(|(n, _, _)| n.as_str()).collect();
     let v_ids: Vec<&str> = w.events.iter().map(|(_, i, _)| i.as_str()).collect();
@@ -649,7 +691,7 @@ async fn commit(conn: &Conn, w: &Writes) -> Result<()> {
     // commit), the writes, then COMMIT. A statement that fails makes the COMMIT a ROLLBACK.
     let expect: [&P<'_>; 4] = [&m_ns, &m_kinds, &m_versions, &m_locks];
     let leases: [&P<'_>; 6] = [&l_ns, &l_keys, &l_tokens, &l_holders, &l_acquired, &l_expires];
-    let inserts: [&P<'_>; 12] = [
+    let inserts: [&P<'_>; 13] = [
         &n_ns,
         &n_ids,
         &n_kinds,
@@ -662,8 +704,9 @@ async fn commit(conn: &Conn, w: &Writes) -> Result<()> {
         &n_activity,
         &n_last,
         &n_final,
+        &n_due,
     ];
-    let updates: [&P<'_>; 9] = [
+    let updates: [&P<'_>; 11] = [
         &u_ns,
         &u_ids,
         &u_states,
@@ -673,7 +716,10 @@ async fn commit(conn: &Conn, w: &Writes) -> Result<()> {
         &u_activity,
         &u_last,
         &u_final,
+        &u_dedup,
+        &u_due,
     ];
+    let deletes: [&P<'_>; 2] = [&d_ns, &d_ids];
     let events: [&P<'_>; 8] = [&v_ns, &v_ids, &v_seqs, &v_types, &v_cts, &v_payloads, &v_states, &v_at];
     let requests: [&P<'_>; 5] = [&r_ns, &r_ids, &r_calls, &r_outcomes, &w.now.0];
     let mut steps: Vec<Step<'_>> = vec![];
@@ -683,11 +729,17 @@ async fn commit(conn: &Conn, w: &Writes) -> Result<()> {
     if !l_keys.is_empty() {
         steps.push(step(c, &q.upsert_leases, &leases));
     }
-    if !n_ids.is_empty() {
-        steps.push(step(c, &q.insert_entities, &inserts));
-    }
+    // Updates first: an entity that gives up its dedup key (`while_active`) frees it for an
+    // entity inserted by the same batch. Deletes before inserts: an id deleted and created
+    // again in one batch is a new entity.
     if !u_ids.is_empty() {
         steps.push(step(c, &q.update_entities, &updates));
+    }
+    if !d_ids.is_empty() {
+        steps.push(step(c, &q.delete_entities, &deletes));
+    }
+    if !n_ids.is_empty() {
+        steps.push(step(c, &q.insert_entities, &inserts));
     }
     if !v_seqs.is_empty() {
         steps.push(step(c, &q.insert_events, &events));
@@ -740,20 +792,31 @@ impl DefineTx for PgDefine {
             .take()
             .ok_or_else(|| StoreError::Internal("definition already finished".into()))?;
         let spec = decode::machine_json(m)?;
-        let done = futures::future::try_join(
-            conn.client.execute(
-                &conn.q.upsert_machine,
-                &[
-                    &ns.as_str(),
-                    &m.machine.kind().as_str(),
-                    &decode::to_i64(m.version),
-                    &spec,
-                    &m.defined_at.0,
-                ],
-            ),
-            conn.client.batch_execute("COMMIT"),
-        )
-        .await;
+        let kind = m.machine.kind().as_str();
+        let (c, q) = (&conn.client, &conn.q);
+        let schedules: Vec<(&str, bool, i64)> = m
+            .machine
+            .schedules()
+            .into_iter()
+            .map(|(state, after, idle)| (state, idle, i64::try_from(after.as_micros()).unwrap_or(i64::MAX)))
+            .collect();
+        let (ns, version) = (ns.as_str(), decode::to_i64(m.version));
+        let upsert: [&P<'_>; 5] = [&ns, &kind, &version, &spec, &m.defined_at.0];
+        // Entities already in a state the new definition times out (or retains) get their
+        // due time from it; stale ones left by the old definition are cleared when due.
+        let reschedules: Vec<[&P<'_>; 5]> = schedules
+            .iter()
+            .map(|(state, idle, after)| -> [&P<'_>; 5] { [&ns, &kind, state, idle, after] })
+            .collect();
+        let mut steps: Vec<Step<'_>> = vec![step(c, &q.upsert_machine, &upsert)];
+        steps.extend(reschedules.iter().map(|p| step(c, &q.reschedule, p)));
+        steps.push(c.batch_execute("COMMIT").boxed());
+        let mut done = Ok(());
+        for result in futures::future::join_all(steps).await {
+            if done.is_ok() {
+                done = result;
+            }
+        }
         if let Err(e) = done {
             conn.poison();
             return Err(e.into());

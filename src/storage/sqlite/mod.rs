@@ -7,7 +7,7 @@
 use super::decode::{self, EntityTuple, EventTuple, LeaseTuple, MachineTuple};
 use super::{Backend, BatchTx, Change, DefineTx, Loaded, MachineRow, Result, Store, StoreError, StoreOptions};
 use crate::domain::batch::{Lock, Reads, Writes};
-use crate::domain::command::ListEntities;
+use crate::domain::command::{ListEntities, ListLeases, ListMachines};
 use crate::domain::entity::Entity;
 use crate::domain::lease::LeaseRow;
 use crate::domain::machine::StoredMachine;
@@ -121,14 +121,15 @@ type NsEntityTuple = (
     i64,
     i64,
     Option<i64>,
+    Option<i64>,
 );
 
 fn split(t: NsEntityTuple) -> (String, EntityTuple) {
-    let (ns, id, kind, state, version, fields, dedup, created, updated, activity, last_seq, final_seq) = t;
+    let (ns, id, kind, state, version, fields, dedup, created, updated, activity, last_seq, final_seq, due) = t;
     (
         ns,
         (
-            id, kind, state, version, fields, dedup, created, updated, activity, last_seq, final_seq,
+            id, kind, state, version, fields, dedup, created, updated, activity, last_seq, final_seq, due,
         ),
     )
 }
@@ -289,7 +290,7 @@ impl Store for SqliteStore {
             .bind(names(&q.states))
             .bind(names(&q.has_fields))
             .bind(names(&q.missing_fields))
-            .bind(q.after.as_ref().map(|p| p.last_id().as_str()))
+            .bind(q.after.as_ref().map(|p| p.last()))
             .bind(i64::from(q.limit))
             .fetch_all(&self.read_pool)
             .await?
@@ -319,6 +320,43 @@ impl Store for SqliteStore {
             .await?
             .into_iter()
             .map(decode::event)
+            .collect()
+    }
+
+    async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<(Namespace, EntityId)>> {
+        sqlx::query_as::<_, (String, String)>(include_str!("queries/due.sql"))
+            .bind(now.0)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read_pool)
+            .await?
+            .into_iter()
+            .map(decode::entity_key)
+            .collect()
+    }
+
+    async fn list_leases(&self, q: &ListLeases, now: Timestamp) -> Result<Vec<LeaseRow>> {
+        sqlx::query_as::<_, LeaseTuple>(include_str!("queries/list_leases.sql"))
+            .bind(q.ns.as_str())
+            .bind(q.prefix.as_str())
+            .bind(now.0)
+            .bind(q.after.as_ref().map(|p| p.last()))
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.read_pool)
+            .await?
+            .into_iter()
+            .map(decode::lease_row)
+            .collect()
+    }
+
+    async fn list_machines(&self, q: &ListMachines) -> Result<Vec<MachineRow>> {
+        sqlx::query_as::<_, MachineTuple>(include_str!("queries/list_machines.sql"))
+            .bind(q.ns.as_str())
+            .bind(q.after.as_ref().map(|p| p.last()))
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.read_pool)
+            .await?
+            .into_iter()
+            .map(decode::machine_row)
             .collect()
     }
 
@@ -402,7 +440,8 @@ impl BatchTx for SqliteBatch {
                     e.updated_at.0,
                     e.last_activity_at.0,
                     decode::to_i64(e.last_seq),
-                    e.final_seq.map(decode::to_i64)
+                    e.final_seq.map(decode::to_i64),
+                    e.due_at.map(|t| t.0)
                 ])
             });
         let changed = writes
@@ -419,9 +458,12 @@ impl BatchTx for SqliteBatch {
                     e.updated_at.0,
                     e.last_activity_at.0,
                     decode::to_i64(e.last_seq),
-                    e.final_seq.map(decode::to_i64)
+                    e.final_seq.map(decode::to_i64),
+                    e.dedup_key.as_ref().map(|d| d.as_str()),
+                    e.due_at.map(|t| t.0)
                 ])
             });
+        let deleted = || writes.deleted.iter().map(|(ns, id)| json!([ns.as_str(), id.as_str()]));
         let events = writes.events.iter().map(|(ns, id, ev)| {
             json!([
                 ns.as_str(),
@@ -444,8 +486,13 @@ impl BatchTx for SqliteBatch {
             ])
         });
         write_rows(tx, include_str!("queries/upsert_leases.sql"), leases).await?;
-        write_rows(tx, include_str!("queries/insert_entities.sql"), new).await?;
+        // Updates first: an entity that gives up its dedup key (`while_active`) frees it for
+        // an entity inserted by the same batch. Deletes before inserts: an id deleted and
+        // created again in one batch is a new entity.
         write_rows(tx, include_str!("queries/update_entities.sql"), changed).await?;
+        write_rows(tx, include_str!("queries/delete_events.sql"), deleted()).await?;
+        write_rows(tx, include_str!("queries/delete_entities.sql"), deleted()).await?;
+        write_rows(tx, include_str!("queries/insert_entities.sql"), new).await?;
         write_rows(tx, include_str!("queries/insert_events.sql"), events).await?;
         write_rows(tx, include_str!("queries/insert_requests.sql"), requests).await?;
         self.tx.commit().await?;
@@ -508,6 +555,18 @@ impl DefineTx for SqliteDefine {
             .bind(m.defined_at.0)
             .execute(&mut *self.tx)
             .await?;
+        // Entities already in a state the new definition times out (or retains) get their
+        // due time from it; stale ones left by the old definition are cleared when due.
+        for (state, after, idle) in m.machine.schedules() {
+            sqlx::query(include_str!("queries/reschedule.sql"))
+                .bind(ns.as_str())
+                .bind(m.machine.kind().as_str())
+                .bind(state)
+                .bind(idle)
+                .bind(i64::try_from(after.as_micros()).unwrap_or(i64::MAX))
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }

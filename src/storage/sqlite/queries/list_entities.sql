@@ -2,7 +2,7 @@
 -- that must be present, $5 fields that must be absent, $6 the last id of the previous page
 -- (or NULL), $7 the page size. Field names are identifiers ([a-z][a-z0-9_]*).
 SELECT id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us,
-       last_activity_at_us, last_seq, final_seq
+       last_activity_at_us, last_seq, final_seq, due_at_us
 FROM entities e
 WHERE e.namespace = $1 AND e.kind = $2
   AND (json_array_length($3) = 0 OR e.state IN (SELECT value FROM json_each($3)))
