@@ -183,10 +183,72 @@ async fn i8_resume_after_sigkill(backend: Backend) {
     assert_eq!(got.len(), 23);
 }
 
+/// State timeouts in real processes and real time (no injected clock across processes):
+/// two `baton serve` on one Postgres database (one on SQLite), 30 entities whose state
+/// times out after 1 s. Every one fires exactly once; the time from due to fired is
+/// printed (the README promises about a second on an idle server; asserted loosely).
+async fn timeouts_fire_once_across_processes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut servers = vec![spawn(&db.url, &[])];
+    if backend == Backend::Postgres {
+        servers.push(spawn(&db.url, &[]));
+    }
+    let mut clients = vec![];
+    for s in &servers {
+        clients.push(proto::coordinator_client::CoordinatorClient::new(channel(s).await));
+    }
+    let spec: baton::domain::machine::MachineSpec = toml::from_str(
+        r#"
+        kind = "approval"
+        states = ["waiting", "approved", "expired"]
+        initial_state = "waiting"
+        terminal_states = ["approved", "expired"]
+        [[transition]]
+        name = "expire"
+        from = ["waiting"]
+        to = "expired"
+        [[timeout]]
+        state = "waiting"
+        after = "1s"
+        transition = "expire"
+        "#,
+    )
+    .unwrap();
+    clients[0]
+        .define_machine(proto::DefineMachineRequest {
+            namespace: NS.into(),
+            spec: Some(baton::grpc::convert::spec_to_proto(&spec)),
+        })
+        .await
+        .unwrap();
+    let n = clients.len();
+    let mut created = vec![];
+    for i in 0..30 {
+        created.push(create(&mut clients[i % n], "approval", &format!("a{i}")).await);
+    }
+    let mut worst = Duration::ZERO;
+    for (i, e) in created.iter().enumerate() {
+        // The stream ends right after `final`: it waits for the timeout, no sleeping.
+        let tape = read_tape(&mut clients[(i + 1) % n], &e.id).await;
+        let types: Vec<&str> = tape.iter().map(|e| e.r#type.as_str()).collect();
+        assert_eq!(types, ["baton.transition", "baton.timeout", "final"], "{}", e.id);
+        let micros = |t: &Option<prost_types::Timestamp>| {
+            let t = t.as_ref().unwrap();
+            t.seconds as i128 * 1_000_000 + t.nanos as i128 / 1000
+        };
+        let due = micros(&e.created_at) + 1_000_000;
+        let late = Duration::from_micros((micros(&tape[0].created_at) - due).max(0) as u64);
+        worst = worst.max(late);
+    }
+    eprintln!("{backend}: 30 timeouts fired once each, at most {worst:?} past due");
+    assert!(worst < Duration::from_secs(5), "fired {worst:?} past due");
+}
+
 crate::both_backends!(
     health_and_reflection,
     sigterm_drains_and_exits_zero,
-    i8_resume_after_sigkill
+    i8_resume_after_sigkill,
+    timeouts_fire_once_across_processes
 );
 
 /// Runs `baton serve` expecting a start-up failure; returns its stderr.

@@ -90,6 +90,15 @@ describe('options', () => {
     assert.deepEqual(new Set(specs.map((s) => s.kind)), new Set(['agent_session', 'workflow_run', 'task', 'review_run']));
     assert.throws(() => baton.loadMachines('[[machine]]\nkind="k"\n[[machine.transition]]\nname="t"\nto="x"\nstale_afer="1h"\n'), /stale_afer/);
     assert.equal(baton.parseDuration('1h 30m'), 5400);
+    const [timed] = baton.loadMachines(
+      '[[machine]]\nkind = "run"\nretain_after_final = "30days"\ndedup = "while_active"\n' +
+        '[[machine.timeout]]\nstate = "a"\nafter = "1h"\nidle = true\ntransition = "go"\n',
+    );
+    assert.deepEqual(timed.retain_after_final, { seconds: 30 * 86400, nanos: 0 });
+    assert.equal(timed.dedup, 'DEDUP_POLICY_WHILE_ACTIVE');
+    assert.deepEqual(timed.timeouts, [{ state: 'a', after: { seconds: 3600, nanos: 0 }, idle: true, transition: 'go' }]);
+    assert.throws(() => baton.loadMachines('[[machine]]\nkind = "k"\ndedup = "sometimes"\n'), /dedup/);
+    assert.throws(() => baton.loadMachines('[[machine]]\nkind = "k"\n[[machine.timeout]]\nstate = "a"\naftr = "1h"\n'), /aftr/);
   });
 });
 

@@ -16,7 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 import baton_client
-from baton_client import BatonError, Client, RetryPolicy, parse_target
+from baton_client import BatonError, Client, RetryPolicy, parse_target, pb
 from harness import REPO, machines_path
 
 
@@ -98,6 +98,16 @@ def test_machines_toml_to_spec_and_typos() -> None:
         baton_client.load_machines('[[machine]]\nkind="k"\n[[machine.transition]]\nname="t"\nto="x"\nstale_afer="1h"\n')
     kinds = {s.kind for s in baton_client.load_machines(machines_path())}
     assert {"agent_session", "workflow_run", "task", "review_run"} <= kinds
+    timed = baton_client.load_machines(
+        '[[machine]]\nkind = "run"\nretain_after_final = "30days"\ndedup = "while_active"\n'
+        '[[machine.timeout]]\nstate = "a"\nafter = "1h"\nidle = true\ntransition = "go"\n'
+    )[0]
+    assert timed.retain_after_final.seconds == 30 * 86400 and timed.dedup == pb.DEDUP_POLICY_WHILE_ACTIVE
+    assert [(t.state, t.after.seconds, t.idle, t.transition) for t in timed.timeouts] == [("a", 3600, True, "go")]
+    with pytest.raises(ValueError, match="dedup"):
+        baton_client.load_machines('[[machine]]\nkind = "k"\ndedup = "sometimes"\n')
+    with pytest.raises(ValueError, match="aftr"):
+        baton_client.load_machines('[[machine]]\nkind = "k"\n[[machine.timeout]]\nstate = "a"\naftr = "1h"\n')
 
 
 class _RpcError(grpc.RpcError):
