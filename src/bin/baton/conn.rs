@@ -1,15 +1,16 @@
 //! What every client command shares: where to call (`--addr`, `--namespace`), how to print
-//! (`--json`), and how a failed call reads (one line with the code, reason and metadata).
+//! (`--output`, `--json`), and how a failed call reads ([`Failure`]).
 
+use crate::failure::Failure;
+use crate::output::Output;
 use baton::proto::{self, coordinator_client::CoordinatorClient};
 use clap::Args;
 use serde_json::Value;
 use std::process::ExitCode;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
-/// A client command's result: its exit code, or one line for stderr (exit 1).
-pub type Outcome = Result<ExitCode, String>;
+/// A client command's result: its exit code, or why it failed.
+pub type Outcome = Result<ExitCode, Failure>;
 
 /// Where and how to call.
 #[derive(Debug, Clone, Args)]
@@ -20,9 +21,12 @@ pub struct Conn {
     /// Namespace to work in.
     #[arg(long, short = 'n', env = "BATON_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Print JSON instead of human lines.
-    #[arg(long)]
-    pub json: bool,
+    /// How to print results: table (human lines, lists in columns) or json.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Print JSON: the same as --output json.
+    #[arg(long, conflicts_with = "output")]
+    json: bool,
 }
 
 /// The flags every write shares: a fence and a request id.
@@ -73,24 +77,20 @@ rpcs!(
 );
 
 impl Conn {
-    /// Sends one request on a new connection; a failure is one line.
-    pub async fn send<R: Rpc>(&self, request: R) -> Result<R::Reply, String> {
+    /// Sends one request on a new connection.
+    pub async fn send<R: Rpc>(&self, request: R) -> Result<R::Reply, Failure> {
         let mut client = self.client().await?;
-        request
-            .call(&mut client)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(failed)
+        Ok(request.call(&mut client).await?.into_inner())
     }
 
     /// A client on a new connection to `--addr`.
-    pub async fn client(&self) -> Result<CoordinatorClient<Channel>, String> {
-        let endpoint =
-            Channel::from_shared(self.addr.clone()).map_err(|e| format!("bad --addr {:?}: {e}", self.addr))?;
+    pub async fn client(&self) -> Result<CoordinatorClient<Channel>, Failure> {
+        let endpoint = Channel::from_shared(self.addr.clone())
+            .map_err(|e| Failure::usage(format!("bad --addr {:?}: {e}", self.addr)))?;
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| format!("cannot reach baton at {}: {e}", self.addr))?;
+            .map_err(|e| Failure::unreachable(format!("cannot reach baton at {}: {}", self.addr, causes(&e))))?;
         Ok(CoordinatorClient::new(channel))
     }
 
@@ -99,32 +99,33 @@ impl Conn {
         self.namespace.clone()
     }
 
-    /// Prints one result: `json` with `--json`, else `human`.
+    /// How results are printed: `--output`, or JSON with `--json`.
+    pub fn output(&self) -> Output {
+        if self.json { Output::Json } else { self.output }
+    }
+
+    /// Prints one result: `json` for JSON output, else `human`.
     pub fn print(&self, json: Value, human: impl std::fmt::Display) {
-        if self.json {
-            println!("{json}");
-        } else {
-            println!("{human}");
+        match self.output() {
+            Output::Json => println!("{json}"),
+            Output::Table => println!("{human}"),
         }
     }
 }
 
-/// A failed call, as one line with its reason and metadata.
-pub fn failed(status: tonic::Status) -> String {
-    match status.get_details_error_info() {
-        Some(i) => {
-            let mut meta: Vec<String> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            meta.sort();
-            format!(
-                "{:?} {}: {} [{}]",
-                status.code(),
-                i.reason,
-                status.message(),
-                meta.join(" ")
-            )
+/// An error and its sources, `: `-separated (tonic's own message is only "transport
+/// error"), each said once (some sources repeat the one before).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !line.ends_with(&said) {
+            line = format!("{line}: {said}");
         }
-        None => format!("{:?}: {}", status.code(), status.message()),
+        source = s.source();
     }
+    line
 }
 
 /// `NAME=VALUE` (fields, events).

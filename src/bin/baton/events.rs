@@ -1,6 +1,6 @@
 //! `baton events append` and `baton tail`: write to an entity's tape, and follow it.
 
-use crate::conn::{Conn, Outcome, WriteOpts, events, failed, key_value};
+use crate::conn::{Conn, Outcome, WriteOpts, events, key_value};
 use crate::output;
 use baton::proto;
 use clap::{Args, Subcommand};
@@ -37,6 +37,22 @@ pub struct TailArgs {
     after: u64,
     #[command(flatten)]
     conn: Conn,
+}
+
+impl EventsCmd {
+    /// Where and how the command calls.
+    pub fn conn(&self) -> &Conn {
+        match self {
+            EventsCmd::Append { conn, .. } => conn,
+        }
+    }
+}
+
+impl TailArgs {
+    /// Where and how the command calls.
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
 }
 
 /// Runs an events command.
@@ -85,10 +101,9 @@ pub async fn tail(TailArgs { id, after, conn }: TailArgs) -> Outcome {
             entity_id: id,
             after_seq: after,
         })
-        .await
-        .map_err(failed)?
+        .await?
         .into_inner();
-    while let Some(msg) = stream.message().await.map_err(failed)? {
+    while let Some(msg) = stream.message().await? {
         if let Some(proto::stream_events_response::Item::Event(e)) = msg.item {
             conn.print(output::event(&e), output::event_line(&e));
         }
