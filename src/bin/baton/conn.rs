@@ -1,13 +1,14 @@
 //! What every client command shares: where to call (`--addr`, `--namespace`), how to print
 //! (`--output`, `--json`), and how a failed call reads ([`Failure`]).
 
+use crate::addr::Addr;
 use crate::failure::Failure;
 use crate::output::Output;
 use baton::proto::{self, coordinator_client::CoordinatorClient};
 use clap::Args;
 use serde_json::Value;
 use std::process::ExitCode;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// A client command's result: its exit code, or why it failed.
 pub type Outcome = Result<ExitCode, Failure>;
@@ -15,7 +16,8 @@ pub type Outcome = Result<ExitCode, Failure>;
 /// Where and how to call.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// Server address.
+    /// Server address: HOST:PORT, [IPV6]:PORT or http://HOST:PORT (https:// is refused:
+    /// this CLI has no TLS yet).
     #[arg(long, env = "BATON_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// Namespace to work in.
@@ -85,12 +87,12 @@ impl Conn {
 
     /// A client on a new connection to `--addr`.
     pub async fn client(&self) -> Result<CoordinatorClient<Channel>, Failure> {
-        let endpoint = Channel::from_shared(self.addr.clone())
-            .map_err(|e| Failure::usage(format!("bad --addr {:?}: {e}", self.addr)))?;
-        let channel = endpoint
+        let addr = Addr::parse(&self.addr).map_err(Failure::usage)?;
+        let channel = Endpoint::from_shared(addr.uri())
+            .map_err(|e| Failure::usage(format!("--addr {addr}: {e}")))?
             .connect()
             .await
-            .map_err(|e| Failure::unreachable(format!("cannot reach baton at {}: {}", self.addr, causes(&e))))?;
+            .map_err(|e| Failure::unreachable(format!("cannot reach baton at {addr}: {}", causes(&e))))?;
         Ok(CoordinatorClient::new(channel))
     }
 

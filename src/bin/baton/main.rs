@@ -1,6 +1,7 @@
 //! The `baton` binary: `serve`, and client subcommands that call a running server. Flags
 //! are parsed here; everything else is the `baton` library.
 
+mod addr;
 mod conn;
 mod entity;
 mod events;
