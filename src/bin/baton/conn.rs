@@ -8,6 +8,7 @@ use baton::proto::{self, coordinator_client::CoordinatorClient};
 use clap::Args;
 use serde_json::Value;
 use std::process::ExitCode;
+use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 /// A client command's result: its exit code, or why it failed.
@@ -30,6 +31,12 @@ pub struct Conn {
     #[arg(long, conflicts_with = "output")]
     json: bool,
 }
+
+/// TCP connect timeout of every connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings while a call is open, so a long `tail` notices a peer that vanished
+/// without closing its connection (a partition, a frozen replica).
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The flags every write shares: a fence and a request id.
 #[derive(Debug, Clone, Args)]
@@ -90,6 +97,9 @@ impl Conn {
         let addr = Addr::parse(&self.addr).map_err(Failure::usage)?;
         let channel = Endpoint::from_shared(addr.uri())
             .map_err(|e| Failure::usage(format!("--addr {addr}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
             .connect()
             .await
             .map_err(|e| Failure::unreachable(format!("cannot reach baton at {addr}: {}", causes(&e))))?;

@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+/// The ErrorInfo domain of baton's own answers.
+const BATON: &str = "baton";
+
 /// Why a client command failed.
 #[derive(Debug)]
 pub struct Failure {
@@ -18,6 +21,8 @@ pub struct Failure {
     code: Code,
     /// The ErrorInfo reason ("" when the status had none, and for local failures).
     reason: String,
+    /// The ErrorInfo domain: `baton` for baton's answers.
+    domain: String,
     message: String,
     metadata: BTreeMap<String, String>,
     /// What the command was doing when it failed, e.g. `machine task`.
@@ -43,13 +48,14 @@ const USAGE: u8 = 2;
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
         let info = status.get_details_error_info();
-        let (reason, metadata) = match info {
-            Some(i) => (i.reason, i.metadata.into_iter().collect()),
+        let (reason, domain, metadata) = match info {
+            Some(i) => (i.reason, i.domain, i.metadata.into_iter().collect()),
             None => Default::default(),
         };
         Failure {
             code: status.code(),
             reason,
+            domain,
             message: status.message().to_string(),
             metadata,
             context: None,
@@ -63,6 +69,7 @@ impl Failure {
         Failure {
             code,
             reason: String::new(),
+            domain: String::new(),
             message,
             metadata: BTreeMap::new(),
             context: None,
@@ -89,6 +96,18 @@ impl Failure {
     pub fn context(mut self, what: String) -> Self {
         self.context = Some(what);
         self
+    }
+
+    /// Whether an event stream that ended this way may be resumed: after anything that is
+    /// not a baton answer (the transport's errors, an unreachable server), and after baton's
+    /// UNAVAILABLE (`SHUTTING_DOWN`, `DATABASE_UNAVAILABLE`). Every other baton answer
+    /// (`ENTITY_NOT_FOUND`, `INVALID_ARGUMENT`, …) stays the same however often it is asked.
+    pub fn resumable(&self) -> bool {
+        match self.source {
+            Source::Status => self.domain != BATON || self.code == Code::Unavailable,
+            Source::Unreachable => true,
+            Source::Usage | Source::Local => false,
+        }
     }
 
     /// The exit code: 2 for usage errors, else 1.
@@ -153,8 +172,23 @@ mod tests {
 
     fn baton(code: Code, reason: &str, meta: &[(&str, &str)]) -> Failure {
         let meta: HashMap<String, String> = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let details = ErrorDetails::with_error_info(reason, "baton", meta);
+        let details = ErrorDetails::with_error_info(reason, BATON, meta);
         tonic::Status::with_error_details(code, "why", details).into()
+    }
+
+    #[test]
+    fn baton_answers_are_final_unavailable_and_transport_errors_resume() {
+        assert!(!baton(Code::NotFound, "ENTITY_NOT_FOUND", &[]).resumable());
+        assert!(!baton(Code::InvalidArgument, "INVALID_ARGUMENT", &[]).resumable());
+        assert!(baton(Code::Unavailable, "SHUTTING_DOWN", &[("last_seq", "6")]).resumable());
+        assert!(baton(Code::Unavailable, "DATABASE_UNAVAILABLE", &[]).resumable());
+        assert!(Failure::from(tonic::Status::unknown("h2 protocol error")).resumable());
+        assert!(Failure::from(tonic::Status::internal("stream reset")).resumable());
+        let foreign = ErrorDetails::with_error_info("X", "example.com", HashMap::new());
+        assert!(Failure::from(tonic::Status::with_error_details(Code::NotFound, "m", foreign)).resumable());
+        assert!(Failure::unreachable("refused".into()).resumable());
+        assert!(!Failure::usage("bad".into()).resumable());
+        assert!(!Failure::other("bad".into()).resumable());
     }
 
     #[test]

@@ -40,7 +40,8 @@ enum Command {
     /// Append to an entity's event tape.
     #[command(subcommand)]
     Events(events::EventsCmd),
-    /// Print an entity's events as they arrive; exits 0 after `final`.
+    /// Print an entity's events as they arrive, resuming when the stream breaks; exits 0
+    /// after `final`.
     Tail(events::TailArgs),
 }
 
