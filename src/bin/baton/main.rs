@@ -12,7 +12,7 @@ mod machine_file;
 mod output;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use output::Output;
 use std::process::ExitCode;
 
@@ -43,13 +43,19 @@ enum Command {
     /// Print an entity's events as they arrive, resuming when the stream breaks; exits 0
     /// after `final`.
     Tail(events::TailArgs),
+    /// Print a shell completion script, e.g. `baton completions bash > /etc/bash_completion.d/baton`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
-    /// How the command prints results and errors (`serve` prints no results: human lines).
+    /// How the command prints results and errors (`serve` and `completions` print no
+    /// results: human lines).
     fn output(&self) -> Output {
         match self {
-            Command::Serve(_) => Output::Table,
+            Command::Serve(_) | Command::Completions { .. } => Output::Table,
             Command::Lease(c) => c.conn().output(),
             Command::Machine(c) => c.conn().output(),
             Command::Entity(c) => c.conn().output(),
@@ -72,6 +78,10 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let outcome = match cli.command {
             Command::Serve(settings) => return serve::run(settings).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
+                return ExitCode::SUCCESS;
+            }
             Command::Lease(cmd) => lease::run(cmd).await,
             Command::Machine(cmd) => machine::run(cmd).await,
             Command::Entity(cmd) => entity::run(cmd).await,
@@ -89,6 +99,36 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
+
+    /// Every argument of every command explains itself in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut missing = vec![];
+        walk(&cli, "baton", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = arg.get_help().or(arg.get_long_help()).map(|h| h.to_string());
+            if help.is_none_or(|h| h.trim().is_empty()) {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                missing.push(format!("{sub_path} (the command itself)"));
+            }
+            walk(sub, &sub_path, missing);
+        }
+    }
 
     fn output_of(args: &[&str]) -> Result<Output, ErrorKind> {
         Cli::try_parse_from(args)
