@@ -100,6 +100,9 @@ impl Conn {
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE)
+            // Also between calls: hyper schedules its first ping only when polled, which on
+            // a connection that went quiet after a stream opened may never happen.
+            .keep_alive_while_idle(true)
             .connect()
             .await
             .map_err(|e| Failure::unreachable(format!("cannot reach baton at {addr}: {}", causes(&e))))?;
