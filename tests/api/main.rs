@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cancellation;
+mod cli;
 mod contract;
 mod entities;
 mod housekeeping;

@@ -1,12 +1,15 @@
 """Failure behaviour through a TCP proxy: a stream whose replica is killed (-9) resumes
-on the other replica with no gap and no duplicate; a lease whose renewals are
-blackholed reports `lost` by its own clock, and its fence is then refused."""
+on the other replica with no gap and no duplicate, in the clients and in `baton tail`;
+a lease whose renewals are blackholed reports `lost` by its own clock, and its fence is
+then refused."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -17,7 +20,7 @@ import pytest
 import baton_client
 from baton_client import AsyncClient, Client, pb
 from conftest import CHANNEL_OPTIONS, Cluster
-from harness import BatonServer, TcpProxy
+from harness import BATON_BIN, BatonServer, TcpProxy
 from helpers import assert_sealed_tape, drive, spec_of
 
 
@@ -135,6 +138,61 @@ def test_async_stream_resumes_on_the_other_replica_after_kill(replicas: TwoRepli
             _check(events, stream.resumes)
 
     asyncio.run(main())
+
+
+def _lines(pipe: Any) -> "queue.Queue[Any]":
+    """The lines of a pipe as a reader thread sees them, then None at its end."""
+    out: "queue.Queue[Any]" = queue.Queue()
+
+    def read() -> None:
+        for raw in pipe:
+            out.put(raw.decode())
+        out.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_cli_tail_resumes_on_the_other_replica(replicas: TwoReplicas, namespace: str, machine_specs: Any, sig: int) -> None:
+    """`baton tail` (the CLI) through the proxy: its replica is killed (-9) or drains, it
+    resumes on the other one after the last seq it printed, and exits 0 after `final`;
+    its JSON lines are the whole tape, each event once."""
+    spec, task_id = _prepare(replicas, namespace, machine_specs)
+    cmd = [
+        str(BATON_BIN), "tail", task_id, "--addr", replicas.proxy.addr, "--namespace", namespace,
+        "--output", "json", "--give-up-after", "20s",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = _lines(proc.stdout), _lines(proc.stderr)
+
+        def next_event(timeout: float) -> Any:
+            line = stdout.get(timeout=timeout)
+            assert line is not None, f"baton tail ended early: {proc.wait(5)}"
+            return json.loads(line)
+
+        events = [next_event(10) for _ in range(1 + PROGRESS_BEFORE)]
+        assert [e["seq"] for e in events] == list(range(1, 2 + PROGRESS_BEFORE))
+        b = replicas.fail_over(sig)
+        _finish_on(b, namespace, spec, task_id)
+        while events[-1]["type"] != "final":
+            events.append(next_event(30))
+        assert stdout.get(timeout=10) is None, "nothing after final"
+        assert proc.wait(timeout=10) == 0
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "no gap, no duplicate"
+        assert [e["type"] for e in events].count("final") == 1
+        assert sum(e["type"] == "progress" for e in events) == PROGRESS_BEFORE + PROGRESS_AFTER
+        assert len(events) == 1 + PROGRESS_BEFORE + PROGRESS_AFTER + 2
+        notes = [json.loads(line) for line in iter(stderr.get, None)]
+        assert notes, "the stream never broke: the test did not test a failover"
+        assert all(n["resuming"]["after_seq"] == 1 + PROGRESS_BEFORE for n in notes), notes
+        if sig == signal.SIGTERM:
+            assert any(n["resuming"]["cause"]["reason"] == "SHUTTING_DOWN" for n in notes), notes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 TTL, INTERVAL = 2.0, 0.5

@@ -1,29 +1,42 @@
 //! What every client command shares: where to call (`--addr`, `--namespace`), how to print
-//! (`--json`), and how a failed call reads (one line with the code, reason and metadata).
+//! (`--output`, `--json`), and how a failed call reads ([`Failure`]).
 
+use crate::addr::Addr;
+use crate::failure::Failure;
+use crate::output::Output;
 use baton::proto::{self, coordinator_client::CoordinatorClient};
 use clap::Args;
 use serde_json::Value;
 use std::process::ExitCode;
-use tonic::transport::Channel;
-use tonic_types::StatusExt;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
 
-/// A client command's result: its exit code, or one line for stderr (exit 1).
-pub type Outcome = Result<ExitCode, String>;
+/// A client command's result: its exit code, or why it failed.
+pub type Outcome = Result<ExitCode, Failure>;
 
 /// Where and how to call.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// Server address.
+    /// Server address: HOST:PORT, [IPV6]:PORT or http://HOST:PORT (https:// is refused:
+    /// this CLI has no TLS yet).
     #[arg(long, env = "BATON_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// Namespace to work in.
     #[arg(long, short = 'n', env = "BATON_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Print JSON instead of human lines.
-    #[arg(long)]
-    pub json: bool,
+    /// How to print results: table (human lines, lists in columns) or json.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Print JSON: the same as --output json.
+    #[arg(long, conflicts_with = "output")]
+    json: bool,
 }
+
+/// TCP connect timeout of every connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings while a call is open, so a long `tail` notices a peer that vanished
+/// without closing its connection (a partition, a frozen replica).
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The flags every write shares: a fence and a request id.
 #[derive(Debug, Clone, Args)]
@@ -73,24 +86,26 @@ rpcs!(
 );
 
 impl Conn {
-    /// Sends one request on a new connection; a failure is one line.
-    pub async fn send<R: Rpc>(&self, request: R) -> Result<R::Reply, String> {
+    /// Sends one request on a new connection.
+    pub async fn send<R: Rpc>(&self, request: R) -> Result<R::Reply, Failure> {
         let mut client = self.client().await?;
-        request
-            .call(&mut client)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(failed)
+        Ok(request.call(&mut client).await?.into_inner())
     }
 
     /// A client on a new connection to `--addr`.
-    pub async fn client(&self) -> Result<CoordinatorClient<Channel>, String> {
-        let endpoint =
-            Channel::from_shared(self.addr.clone()).map_err(|e| format!("bad --addr {:?}: {e}", self.addr))?;
-        let channel = endpoint
+    pub async fn client(&self) -> Result<CoordinatorClient<Channel>, Failure> {
+        let addr = Addr::parse(&self.addr).map_err(Failure::usage)?;
+        let channel = Endpoint::from_shared(addr.uri())
+            .map_err(|e| Failure::usage(format!("--addr {addr}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            // Also between calls: hyper schedules its first ping only when polled, which on
+            // a connection that went quiet after a stream opened may never happen.
+            .keep_alive_while_idle(true)
             .connect()
             .await
-            .map_err(|e| format!("cannot reach baton at {}: {e}", self.addr))?;
+            .map_err(|e| Failure::unreachable(format!("cannot reach baton at {addr}: {}", causes(&e))))?;
         Ok(CoordinatorClient::new(channel))
     }
 
@@ -99,32 +114,33 @@ impl Conn {
         self.namespace.clone()
     }
 
-    /// Prints one result: `json` with `--json`, else `human`.
+    /// How results are printed: `--output`, or JSON with `--json`.
+    pub fn output(&self) -> Output {
+        if self.json { Output::Json } else { self.output }
+    }
+
+    /// Prints one result: `json` for JSON output, else `human`.
     pub fn print(&self, json: Value, human: impl std::fmt::Display) {
-        if self.json {
-            println!("{json}");
-        } else {
-            println!("{human}");
+        match self.output() {
+            Output::Json => println!("{json}"),
+            Output::Table => println!("{human}"),
         }
     }
 }
 
-/// A failed call, as one line with its reason and metadata.
-pub fn failed(status: tonic::Status) -> String {
-    match status.get_details_error_info() {
-        Some(i) => {
-            let mut meta: Vec<String> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            meta.sort();
-            format!(
-                "{:?} {}: {} [{}]",
-                status.code(),
-                i.reason,
-                status.message(),
-                meta.join(" ")
-            )
+/// An error and its sources, `: `-separated (tonic's own message is only "transport
+/// error"), each said once (some sources repeat the one before).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !line.ends_with(&said) {
+            line = format!("{line}: {said}");
         }
-        None => format!("{:?}: {}", status.code(), status.message()),
+        source = s.source();
     }
+    line
 }
 
 /// `NAME=VALUE` (fields, events).

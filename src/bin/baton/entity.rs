@@ -85,6 +85,18 @@ pub enum EntityCmd {
     },
 }
 
+impl EntityCmd {
+    /// Where and how the command calls.
+    pub fn conn(&self) -> &Conn {
+        match self {
+            EntityCmd::Create { conn, .. }
+            | EntityCmd::Get { conn, .. }
+            | EntityCmd::List { conn, .. }
+            | EntityCmd::Transition { conn, .. } => conn,
+        }
+    }
+}
+
 /// Runs an entity command.
 pub async fn run(cmd: EntityCmd) -> Outcome {
     match cmd {
@@ -144,14 +156,15 @@ pub async fn run(cmd: EntityCmd) -> Outcome {
                     page_token,
                 })
                 .await?;
-            let mut human: Vec<String> = r.entities.iter().map(output::entity_line).collect();
+            let rows: Vec<_> = r.entities.iter().map(output::entity_row).collect();
+            let mut human = output::table(output::ENTITY_HEADER, &rows);
             if !r.next_page_token.is_empty() {
-                human.push(format!("(more: --page-token {})", r.next_page_token));
+                human.push_str(&format!("\n(more: --page-token {})", r.next_page_token));
             }
             let entities: Vec<_> = r.entities.iter().map(output::entity).collect();
             conn.print(
                 json!({ "entities": entities, "next_page_token": r.next_page_token }),
-                human.join("\n"),
+                human,
             );
         }
         EntityCmd::Transition {

@@ -65,6 +65,18 @@ pub enum LeaseCmd {
     },
 }
 
+impl LeaseCmd {
+    /// Where and how the command calls.
+    pub fn conn(&self) -> &Conn {
+        match self {
+            LeaseCmd::Acquire { conn, .. }
+            | LeaseCmd::Renew { conn, .. }
+            | LeaseCmd::Release { conn, .. }
+            | LeaseCmd::Get { conn, .. } => conn,
+        }
+    }
+}
+
 /// Runs a lease command.
 pub async fn run(cmd: LeaseCmd) -> Outcome {
     match cmd {

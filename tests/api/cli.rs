@@ -1,0 +1,403 @@
+//! The `baton` CLI as users run it, against real `baton serve` processes on both backends:
+//! the forms of `--addr`, `--output`, errors as JSON, the exit codes, completions, and
+//! `tail` resuming across a killed or draining server.
+
+use crate::helpers::*;
+use baton::process::{ServeProcess, Signal};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The binary under test: the server and the CLI.
+const BIN: &str = env!("CARGO_BIN_EXE_baton");
+/// Longest wait for any one thing a CLI process does (a line, an exit).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `baton serve` on `listen` (port 0: any), off the runtime's threads while it starts.
+async fn serve(url: &str, listen: SocketAddr) -> ServeProcess {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || ServeProcess::spawn_at(Path::new(BIN), listen, &url, &[]))
+        .await
+        .unwrap()
+        .expect("baton serves")
+}
+
+/// What one CLI run did.
+#[derive(Debug)]
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    /// stdout as one JSON document per line.
+    #[track_caller]
+    fn json_lines(&self) -> Vec<Value> {
+        json_lines(&self.stdout)
+    }
+
+    /// stderr as exactly one JSON object `{"error": {…}}`; returns the inner object.
+    #[track_caller]
+    fn json_error(&self) -> Value {
+        let lines = json_lines(&self.stderr);
+        assert_eq!(lines.len(), 1, "one JSON error on stderr: {self:?}");
+        lines[0]["error"].clone()
+    }
+
+    /// stderr as exactly one line `error: …`.
+    #[track_caller]
+    fn error_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {self:?}");
+        assert!(lines[0].starts_with("error: "), "{self:?}");
+        lines[0]
+    }
+}
+
+#[track_caller]
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+/// Runs `baton ARGS…` to its end (stdin closed), within [`PATIENCE`].
+async fn baton(args: &[&str]) -> Ran {
+    let run = Command::new(BIN)
+        .args(args)
+        .env_remove("BATON_ADDR")
+        .env_remove("BATON_NAMESPACE")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, run)
+        .await
+        .unwrap_or_else(|_| panic!("baton {args:?} did not finish within {PATIENCE:?}"))
+        .expect("run baton");
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// Client commands against one server, in namespace [`NS`], with `--addr` as given.
+struct Cli {
+    addr: String,
+}
+
+impl Cli {
+    /// Runs `baton ARGS… --addr ADDR --namespace test`.
+    async fn run(&self, args: &[&str]) -> Ran {
+        let mut all = args.to_vec();
+        all.extend(["--addr", &self.addr, "--namespace", NS]);
+        baton(&all).await
+    }
+
+    /// [`Cli::run`], asserting exit 0.
+    async fn ok(&self, args: &[&str]) -> Ran {
+        let ran = self.run(args).await;
+        assert_eq!(ran.code, Some(0), "baton {args:?}: {ran:?}");
+        ran
+    }
+
+    /// Starts `baton ARGS… --addr … --namespace test`, stdout read line by line.
+    fn spawn(&self, args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--addr", &self.addr, "--namespace", NS])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn baton");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+}
+
+/// A CLI process still running: its stdout lines as they come.
+struct Running {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Running {
+    /// The next stdout line, waiting up to [`PATIENCE`].
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(PATIENCE, self.lines.recv())
+            .await
+            .expect("a line in time")
+            .expect("a line before the end of stdout")
+    }
+
+    /// Waits for the exit; the remaining stdout lines and all of stderr.
+    async fn finish(mut self) -> (Option<i32>, Vec<String>, String) {
+        let mut stderr = String::new();
+        let mut pipe = self.child.stderr.take().unwrap();
+        let status = tokio::time::timeout(PATIENCE, async {
+            pipe.read_to_string(&mut stderr).await.unwrap();
+            self.child.wait().await.unwrap()
+        })
+        .await
+        .expect("baton exits in time");
+        let mut rest = vec![];
+        while let Some(l) = self.lines.recv().await {
+            rest.push(l);
+        }
+        (status.code(), rest, stderr)
+    }
+}
+
+/// The examples' machines applied through the CLI.
+async fn apply_machines(cli: &Cli) {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml");
+    let ran = cli.ok(&["machine", "apply", examples]).await;
+    let table: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(
+        table[0].split_whitespace().collect::<Vec<_>>(),
+        ["KIND", "VERSION", "CHANGED"]
+    );
+    assert_eq!(table.len(), 1 + example_machines().len(), "{table:?}");
+}
+
+/// One session with the CLI: an address without a scheme, tables, JSON output, errors as
+/// one line or one JSON object with their exit codes, and `tail` of a finished entity.
+async fn the_cli_over_a_real_server(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = serve(&db.url, SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let cli = Cli {
+        addr: server.addr().to_string(), // 127.0.0.1:PORT, no scheme
+    };
+    apply_machines(&cli).await;
+
+    let created = cli
+        .ok(&["entity", "create", "task", "--id", "t-1", "--output", "json"])
+        .await;
+    let created = &created.json_lines()[0];
+    assert_eq!(created["created"], true);
+    assert_eq!(created["entity"]["state"], "pending");
+    let http = Cli {
+        addr: server.url(), // http://127.0.0.1:PORT
+    };
+    http.ok(&["entity", "create", "task", "--id", "t-2"]).await;
+    let list = cli.ok(&["entity", "list", "task"]).await;
+    let rows: Vec<Vec<&str>> = list.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows[0],
+        ["ID", "KIND", "STATE", "VERSION", "LAST_SEQ", "SEALED", "FIELDS"]
+    );
+    assert_eq!(
+        rows[1..],
+        [
+            ["t-1", "task", "pending", "1", "0", "no"],
+            ["t-2", "task", "pending", "1", "0", "no"]
+        ]
+    );
+    let listed = cli.ok(&["entity", "list", "task", "--json"]).await.json_lines();
+    assert_eq!(listed.len(), 1, "one JSON document");
+    assert_eq!(listed[0]["entities"].as_array().map(Vec::len), Some(2));
+
+    // A refusal: exit 1, nothing on stdout, one line (or one JSON object) on stderr.
+    let refused = cli.run(&["entity", "transition", "t-1", "succeed"]).await;
+    assert_eq!((refused.code, refused.stdout.as_str()), (Some(1), ""), "{refused:?}");
+    assert!(
+        refused
+            .error_line()
+            .starts_with("error: FailedPrecondition INVALID_TRANSITION: "),
+        "{refused:?}"
+    );
+    for json in ["--json", "--output=json"] {
+        let refused = cli.run(&["entity", "transition", "t-1", "succeed", json]).await;
+        assert_eq!((refused.code, refused.stdout.as_str()), (Some(1), ""), "{refused:?}");
+        let error = refused.json_error();
+        assert_eq!(error["code"], "FailedPrecondition");
+        assert_eq!(error["reason"], "INVALID_TRANSITION");
+        assert_eq!(error["metadata"]["current_state"], "pending");
+        assert!(
+            error["message"].as_str().is_some_and(|m| m.contains("succeed")),
+            "{error}"
+        );
+    }
+    let missing = cli.run(&["entity", "get", "nope", "--output", "json"]).await;
+    assert_eq!(missing.code, Some(1));
+    assert_eq!(missing.json_error()["reason"], "ENTITY_NOT_FOUND");
+    let conflict = cli.run(&["entity", "get", "t-1", "--json", "--output", "table"]).await;
+    assert_eq!(conflict.code, Some(2), "--json and --output do not mix: {conflict:?}");
+
+    // `lease acquire` keeps exit 3 for a held lease, in JSON too.
+    cli.ok(&["lease", "acquire", "k", "--holder", "a"]).await;
+    let busy = cli.run(&["lease", "acquire", "k", "--holder", "b", "--json"]).await;
+    assert_eq!(busy.code, Some(3), "{busy:?}");
+    assert_eq!(busy.json_lines()[0]["acquired"], false);
+
+    // The tape of a finished entity, then exit 0.
+    cli.ok(&["entity", "transition", "t-1", "start"]).await;
+    cli.ok(&[
+        "events",
+        "append",
+        "t-1",
+        "--event",
+        "progress=1",
+        "--event",
+        "progress=2",
+    ])
+    .await;
+    cli.ok(&["entity", "transition", "t-1", "succeed", "--final-payload", "done"])
+        .await;
+    let tape = cli.ok(&["tail", "t-1", "--output", "json"]).await.json_lines();
+    assert_tape(&tape, 0, 5);
+    assert_eq!(tape[4]["payload"], "done");
+    let human = cli.ok(&["tail", "t-1"]).await;
+    assert_eq!(human.stdout.lines().count(), 5, "{human:?}");
+    assert!(human.stdout.lines().last().unwrap().contains("final"), "{human:?}");
+    let rest = cli.ok(&["tail", "t-1", "--after", "3", "--json"]).await.json_lines();
+    assert_tape(&rest, 3, 5);
+    // A baton answer is not retried: this ends at once, without a resume.
+    let gone = cli.run(&["tail", "nope"]).await;
+    assert_eq!(gone.code, Some(1));
+    assert!(gone.error_line().contains("ENTITY_NOT_FOUND"), "{gone:?}");
+}
+
+/// `lines` are the events `after+1..=last` in order, each once, the last one `final`.
+#[track_caller]
+fn assert_tape(lines: &[Value], after: u64, last: u64) {
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (after + 1..=last).collect::<Vec<_>>(), "{lines:?}");
+    let finals: Vec<usize> = (0..lines.len()).filter(|&i| lines[i]["type"] == "final").collect();
+    assert_eq!(finals, [lines.len() - 1], "one final, last: {lines:?}");
+}
+
+/// `https://` is refused before any connection (exit 2, one line naming `--addr`), never
+/// sent as plaintext; so are other malformed addresses.
+#[tokio::test]
+async fn addresses_that_cannot_work_are_usage_errors_before_any_connection() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let https = format!("https://127.0.0.1:{port}");
+    let ran = baton(&["entity", "get", "x", "--addr", &https]).await;
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert_eq!(
+        ran.error_line(),
+        format!("error: --addr \"{https}\": TLS is not supported by this CLI yet; use http:// on a trusted network")
+    );
+    let ran = baton(&["tail", "x", "--addr", &https, "--json"]).await;
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.json_error()["message"].as_str().unwrap().contains("TLS"), "{ran:?}");
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the CLI connected: {accepted:?}"
+    );
+
+    let long = format!("ftp://{}:1/", "h".repeat(300));
+    for (addr, why) in [
+        ("ftp://127.0.0.1:1", "unsupported scheme"),
+        ("127.0.0.1", "missing port"),
+        ("http://:1", "empty host"),
+        ("127.0.0.1:70000", "invalid port"),
+        (long.as_str(), "…\": unsupported scheme"),
+    ] {
+        let ran = baton(&["lease", "get", "k", "--addr", addr]).await;
+        assert_eq!(ran.code, Some(2), "{addr}: {ran:?}");
+        let line = ran.error_line();
+        assert!(
+            line.starts_with("error: --addr \"") && line.contains(why),
+            "{addr}: {line}"
+        );
+        assert!(line.len() < 200, "long values are quoted short: {line}");
+    }
+}
+
+/// `baton completions SHELL` prints a script for each shell clap_complete knows.
+#[tokio::test]
+async fn completions_print_a_script_per_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let ran = baton(&["completions", shell]).await;
+        assert_eq!(ran.code, Some(0), "{shell}: {ran:?}");
+        assert!(ran.stdout.contains("baton") && ran.stdout.contains("tail"), "{shell}");
+        assert!(ran.stdout.contains("give-up-after"), "{shell}: every flag completes");
+    }
+    assert_eq!(baton(&["completions", "tcsh"]).await.code, Some(2));
+}
+
+/// `tail` resumes across a server that dies (SIGKILL) or drains (SIGTERM) and comes back
+/// on the same address: every event once, in order, no gap, exit 0 right after `final`.
+/// Beside it, `tail --no-resume` ends with exit 1 at the break.
+async fn tail_resumes_across_a_restart(backend: Backend, signal: Signal) {
+    let db = TestDb::new(backend).await;
+    let mut first = serve(&db.url, SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let cli = Cli {
+        addr: first.addr().to_string(),
+    };
+    apply_machines(&cli).await;
+    cli.ok(&["entity", "create", "task", "--id", "t"]).await;
+    cli.ok(&["entity", "transition", "t", "start"]).await;
+    for i in 0..5 {
+        cli.ok(&["events", "append", "t", "--event", &format!("progress={i}")])
+            .await;
+    }
+    let mut tail = cli.spawn(&["tail", "t", "--output", "json"]);
+    let mut once = cli.spawn(&["tail", "t", "--no-resume"]);
+    let mut before = vec![];
+    for _ in 0..6 {
+        before.push(tail.line().await);
+        once.line().await;
+    }
+
+    first.signal(signal).unwrap();
+    first.wait_exit(PATIENCE).unwrap();
+    let (code, _, stderr) = once.finish().await;
+    assert_eq!(code, Some(1), "--no-resume ends at the break: {stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{stderr}");
+    if signal == Signal::Term {
+        assert!(stderr.contains("SHUTTING_DOWN"), "{stderr}");
+    }
+
+    let second = serve(&db.url, first.addr()).await;
+    for i in 5..8 {
+        cli.ok(&["events", "append", "t", "--event", &format!("progress={i}")])
+            .await;
+    }
+    cli.ok(&["entity", "transition", "t", "succeed"]).await;
+    let (code, after, stderr) = tail.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines = json_lines(&[before, after].concat().join("\n"));
+    assert_tape(&lines, 0, 1 + 8 + 2);
+    let notes = json_lines(&stderr);
+    assert!(
+        !notes.is_empty() && notes.iter().all(|n| n["resuming"]["after_seq"] == 6),
+        "each resume said, as JSON, after the last seq printed: {stderr}"
+    );
+    drop(second);
+}
+
+async fn tail_resumes_after_sigkill(backend: Backend) {
+    tail_resumes_across_a_restart(backend, Signal::Kill).await
+}
+
+async fn tail_resumes_after_a_drain(backend: Backend) {
+    tail_resumes_across_a_restart(backend, Signal::Term).await
+}
+
+crate::both_backends!(
+    the_cli_over_a_real_server,
+    tail_resumes_after_sigkill,
+    tail_resumes_after_a_drain
+);
