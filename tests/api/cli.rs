@@ -396,7 +396,66 @@ async fn tail_resumes_after_a_drain(backend: Backend) {
     tail_resumes_across_a_restart(backend, Signal::Term).await
 }
 
+/// `baton admin …`: live leases by prefix in pages, a force-release that fences the holder
+/// out, the machines table, and delete (refused on an active entity without --force).
+async fn the_admin_commands(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = serve(&db.url, SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let cli = Cli {
+        addr: server.addr().to_string(),
+    };
+    apply_machines(&cli).await;
+    for key in ["run/1", "run/2", "other"] {
+        cli.ok(&["lease", "acquire", key, "--holder", "w-1"]).await;
+    }
+    let page = cli
+        .ok(&["admin", "leases", "--prefix", "run/", "--page-size", "1", "--json"])
+        .await
+        .json_lines();
+    assert_eq!(page[0]["leases"][0]["key"], "run/1");
+    let token = page[0]["next_page_token"].as_str().unwrap().to_string();
+    let table = cli
+        .ok(&["admin", "leases", "--prefix", "run/", "--page-token", &token])
+        .await;
+    let rows: Vec<Vec<&str>> = table.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["KEY", "HOLDER", "TOKEN", "EXPIRES_AT"]);
+    assert_eq!(rows[1][..3], ["run/2", "w-1", "1"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+
+    let ended = cli
+        .ok(&["admin", "force-release", "run/1", "--by", "ops:alice", "--json"])
+        .await
+        .json_lines();
+    assert_eq!(
+        (&ended[0]["released"], &ended[0]["lease"]["token"]),
+        (&true.into(), &1.into())
+    );
+    cli.ok(&["entity", "create", "task", "--id", "t-1"]).await;
+    let fenced = cli
+        .run(&["entity", "transition", "t-1", "start", "--fence", "run/1:1"])
+        .await;
+    assert_eq!(fenced.code, Some(1));
+    assert!(fenced.error_line().contains("LEASE_LOST"), "{fenced:?}");
+
+    let machines = cli.ok(&["admin", "machines"]).await;
+    let kinds: Vec<&str> = machines
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(kinds, ["agent_session", "review_run", "task", "workflow_run"]);
+
+    let active = cli.run(&["admin", "delete", "t-1", "--json"]).await;
+    assert_eq!(active.code, Some(1));
+    assert_eq!(active.json_error()["reason"], "ENTITY_ACTIVE");
+    cli.ok(&["admin", "delete", "t-1", "--force"]).await;
+    let gone = cli.run(&["entity", "get", "t-1", "--json"]).await;
+    assert_eq!(gone.json_error()["reason"], "ENTITY_NOT_FOUND");
+}
+
 crate::both_backends!(
+    the_admin_commands,
     the_cli_over_a_real_server,
     tail_resumes_after_sigkill,
     tail_resumes_after_a_drain

@@ -38,6 +38,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// without closing its connection (a partition, a frozen replica).
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
+/// Paging of a list command.
+#[derive(Debug, Clone, Args)]
+pub struct Page {
+    /// Items per page (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub page_size: u32,
+    /// Continue after a previous page (its `--page-token` line).
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+}
+
 /// The flags every write shares: a fence and a request id.
 #[derive(Debug, Clone, Args)]
 pub struct WriteOpts {
@@ -83,6 +94,10 @@ rpcs!(
     ListEntitiesRequest => list_entities -> ListEntitiesResponse,
     TransitionRequest => transition -> TransitionResponse,
     AppendEventsRequest => append_events -> AppendEventsResponse,
+    ListLeasesRequest => list_leases -> ListLeasesResponse,
+    ForceReleaseLeaseRequest => force_release_lease -> ForceReleaseLeaseResponse,
+    ListMachinesRequest => list_machines -> ListMachinesResponse,
+    DeleteEntityRequest => delete_entity -> DeleteEntityResponse,
 );
 
 impl Conn {
@@ -122,9 +137,20 @@ impl Conn {
     /// Prints one result: `json` for JSON output, else `human`.
     pub fn print(&self, json: Value, human: impl std::fmt::Display) {
         match self.output() {
-            Output::Json => println!("{json}"),
-            Output::Table => println!("{human}"),
+            Output::Json => emit(json),
+            Output::Table => emit(human),
         }
+    }
+}
+
+/// Writes one result line to stdout. A reader that went away (`baton tail … | head`) ends
+/// the command quietly, as it ends `cat`, instead of a panic.
+fn emit(line: impl std::fmt::Display) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}")
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 

@@ -1,6 +1,6 @@
 //! `baton entity …`: create, show, list and transition entities.
 
-use crate::conn::{Conn, Outcome, WriteOpts, events, key_value};
+use crate::conn::{Conn, Outcome, Page, WriteOpts, events, key_value};
 use crate::output;
 use baton::proto;
 use clap::Subcommand;
@@ -48,12 +48,8 @@ pub enum EntityCmd {
         /// Only without this field (repeatable).
         #[arg(long = "missing")]
         missing_fields: Vec<String>,
-        /// Entities per page (1 to 1000).
-        #[arg(long, default_value_t = 100)]
-        page_size: u32,
-        /// Continue after a previous page (its `--page-token` line).
-        #[arg(long, default_value = "")]
-        page_token: String,
+        #[command(flatten)]
+        page: Page,
         #[command(flatten)]
         conn: Conn,
     },
@@ -141,8 +137,7 @@ pub async fn run(cmd: EntityCmd) -> Outcome {
             states,
             has_fields,
             missing_fields,
-            page_size,
-            page_token,
+            page,
             conn,
         } => {
             let r = conn
@@ -152,15 +147,12 @@ pub async fn run(cmd: EntityCmd) -> Outcome {
                     states,
                     has_fields,
                     missing_fields,
-                    page_size,
-                    page_token,
+                    page_size: page.page_size,
+                    page_token: page.page_token,
                 })
                 .await?;
             let rows: Vec<_> = r.entities.iter().map(output::entity_row).collect();
-            let mut human = output::table(output::ENTITY_HEADER, &rows);
-            if !r.next_page_token.is_empty() {
-                human.push_str(&format!("\n(more: --page-token {})", r.next_page_token));
-            }
+            let human = output::paged(output::table(output::ENTITY_HEADER, &rows), &r.next_page_token);
             let entities: Vec<_> = r.entities.iter().map(output::entity).collect();
             conn.print(
                 json!({ "entities": entities, "next_page_token": r.next_page_token }),

@@ -2,6 +2,7 @@
 //! are parsed here; everything else is the `baton` library.
 
 mod addr;
+mod admin;
 mod conn;
 mod entity;
 mod events;
@@ -43,6 +44,9 @@ enum Command {
     /// Print an entity's events as they arrive, resuming when the stream breaks; exits 0
     /// after `final`.
     Tail(events::TailArgs),
+    /// Operator commands: live leases, force-release, machines, delete an entity.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
     /// Print a shell completion script, e.g. `baton completions bash > /etc/bash_completion.d/baton`.
     Completions {
         /// The shell to complete in.
@@ -61,6 +65,7 @@ impl Command {
             Command::Entity(c) => c.conn().output(),
             Command::Events(c) => c.conn().output(),
             Command::Tail(a) => a.conn().output(),
+            Command::Admin(c) => c.conn().output(),
         }
     }
 }
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
             Command::Entity(cmd) => entity::run(cmd).await,
             Command::Events(cmd) => events::run(cmd).await,
             Command::Tail(args) => events::tail(args).await,
+            Command::Admin(cmd) => admin::run(cmd).await,
         };
         outcome.unwrap_or_else(|failure| {
             failure.report(output);

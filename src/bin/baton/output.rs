@@ -39,7 +39,7 @@ pub fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String 
     lines.join("\n")
 }
 
-fn time(t: &Option<prost_types::Timestamp>) -> Value {
+pub fn time(t: &Option<prost_types::Timestamp>) -> Value {
     match t {
         Some(t) => {
             let d = std::time::UNIX_EPOCH + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
@@ -71,6 +71,15 @@ pub fn event(e: &proto::Event) -> Value {
         Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(&e.payload) }),
     };
     json!({ "seq": e.seq, "type": e.r#type, "state": e.state, "content_type": e.content_type, "payload": payload, "created_at": time(&e.created_at) })
+}
+
+/// A table, and the `--page-token` line that continues it when more follow.
+pub fn paged(table: String, next_page_token: &str) -> String {
+    if next_page_token.is_empty() {
+        table
+    } else {
+        format!("{table}\n(more: --page-token {next_page_token})")
+    }
 }
 
 /// A table cell for a flag.
