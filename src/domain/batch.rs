@@ -98,6 +98,9 @@ pub struct StoredRequest {
     pub outcome: String,
 }
 
+/// How long a timeout whose transition was refused waits before it is tried again.
+const REFUSED_DUE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How a stored refusal begins: `{"refused": <DomainError>}` (an outcome never has that key).
 const REFUSED: &str = "{\"refused\":";
 
@@ -665,15 +668,31 @@ impl Batch {
                 self.remove_entity(ns, id);
                 DueOutcome::Purged
             }
-            DuePlan::Fire(ask) => match plan_transition(&machine.machine, &entity, &ask, self.rows.now)? {
-                TransitionPlan::Noop => DueOutcome::Nothing,
-                TransitionPlan::Apply(change) => {
+            DuePlan::Fire(ask) => match plan_transition(&machine.machine, &entity, &ask, self.rows.now) {
+                Ok(TransitionPlan::Noop) => DueOutcome::Nothing,
+                Ok(TransitionPlan::Apply(change)) => {
                     let seqs = change.seqs();
                     self.write_change(ns, change);
                     DueOutcome::Fired {
                         transition: ask.name.to_string(),
                         from: entity.state,
                         seqs,
+                    }
+                }
+                Err(refused) => {
+                    // Unreachable with a validated machine; if it happens anyway, the entity
+                    // must not hold up every timeout due after it: look again later.
+                    let at = self.rows.now.plus(REFUSED_DUE_RETRY);
+                    self.put_entity(
+                        ns,
+                        Entity {
+                            due_at: Some(at),
+                            ..entity
+                        },
+                    );
+                    DueOutcome::Refused {
+                        why: refused.to_string(),
+                        retry_at: at,
                     }
                 }
             },

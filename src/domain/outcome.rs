@@ -66,6 +66,14 @@ pub enum DueOutcome {
     },
     /// Finished past its retention: it and its tape were deleted.
     Purged,
+    /// Its timeout's transition was refused (a bug: a valid machine never refuses it); it
+    /// is tried again at `retry_at`.
+    Refused {
+        /// The refusal.
+        why: String,
+        /// When it is looked at again.
+        retry_at: Timestamp,
+    },
 }
 
 /// GetLease's answer.

@@ -102,6 +102,10 @@ impl Coordinator {
                 match outcome? {
                     Outcome::Due(DueOutcome::Fired { .. }) => stats.fired += 1,
                     Outcome::Due(DueOutcome::Purged) => stats.purged += 1,
+                    Outcome::Due(DueOutcome::Refused { why, retry_at }) => {
+                        tracing::error!(error = %why, retry_at = retry_at.0, "a state timeout's transition was refused");
+                        stats.rescheduled += 1;
+                    }
                     Outcome::Due(_) => stats.rescheduled += 1,
                     _ => return Err(unexpected("a due entity")),
                 }

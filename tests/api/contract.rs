@@ -779,6 +779,53 @@ async fn a_mixed_batch_equals_its_commands_one_by_one(backend: Backend) {
     );
 }
 
+/// Deleting an entity and creating it again in one batch makes a new entity with a new
+/// tape (the deletes are written before the inserts); deleting is refused on an active
+/// entity without force.
+async fn an_entity_deleted_and_created_again_in_one_batch_is_new(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db, Clock::system()).await;
+    let t = now(&*s).await;
+    define(&*s, &task_machine(1, t)).await;
+    let delete = |force| {
+        Command::Delete(baton::domain::command::DeleteEntity {
+            ns: ns(),
+            id: id("d1"),
+            force,
+            request_id: None,
+        })
+    };
+    let (first, _) = run_batch(
+        &*s,
+        &[
+            mixed_create("d1", Some("w:1"), None),
+            mixed_transition("d1", "start", None, None),
+            mixed_append("d1", None, None),
+            delete(false),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(&first[3], Err(DomainError::EntityActive { current_state, .. }) if current_state == "running"),
+        "{first:?}"
+    );
+    let (second, _) = run_batch(
+        &*s,
+        &[
+            delete(true),
+            mixed_create("d1", Some("w:1"), None),
+            mixed_append("d1", None, None),
+        ],
+    )
+    .await;
+    assert!(matches!(&second[0], Ok(Outcome::Delete(true))), "{second:?}");
+    assert!(matches!(&second[1], Ok(Outcome::Create(c)) if c.created), "{second:?}");
+    let stored = s.entity(&ns(), &id("d1")).await.unwrap().unwrap();
+    assert_eq!((stored.state.as_str(), stored.version.get()), ("pending", 1));
+    let tape = s.events(&ns(), &id("d1"), Seq::ZERO, 100).await.unwrap();
+    assert_eq!(tape.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [1]);
+}
+
 /// I10 when a retry is decided before the call it retries (the first attempt still queued
 /// on a replica whose caller gave up): the retry's answer, even a busy lease or a refusal,
 /// is stored, so the first attempt replays it instead of applying later. Only a waiting
@@ -873,6 +920,7 @@ both_backends!(
     a_batch_costs_two_round_trips,
     a_mixed_batch_equals_its_commands_one_by_one,
     the_first_answer_of_a_request_id_is_final_even_a_refusal,
+    an_entity_deleted_and_created_again_in_one_batch_is_new,
 );
 
 /// A key another replica's batch holds is not granted to a batch that only tries it (its
