@@ -15,6 +15,7 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 }
 pub mod app;
+pub mod auth;
 #[doc(hidden)]
 pub mod faults;
 pub mod grpc;

@@ -5,9 +5,12 @@
 
 pub mod admin;
 mod settings;
+pub mod tls;
 
 pub use settings::{LogFormat, Settings};
 
+use crate::auth::TokenStore;
+use crate::auth::layer::AuthLayer;
 use crate::domain::time::Clock;
 use crate::faults::Faults;
 use crate::grpc::CoordinatorService;
@@ -45,6 +48,9 @@ pub enum AppError {
     /// The gRPC server failed.
     #[error("server error: {0}")]
     Serve(String),
+    /// The settings cannot work (an insecure public listener, a bad tokens file …).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A built, bound, not yet serving baton.
@@ -57,6 +63,10 @@ pub struct Application {
     store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     settings: Settings,
+    /// The tokens file, when calls are authenticated.
+    tokens: Option<Arc<TokenStore>>,
+    /// TLS on the gRPC port, when configured.
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Application {
@@ -79,6 +89,24 @@ impl Application {
 
     /// [`Application::build`] with what only code can inject: a clock and deliberate faults.
     pub async fn build_with(settings: Settings, wiring: Wiring) -> Result<Self, AppError> {
+        if let Some(why) = settings.refuse_insecure() {
+            return Err(AppError::Config(why));
+        }
+        let tokens = match &settings.auth_tokens {
+            Some(path) => Some(Arc::new(TokenStore::load(path).map_err(AppError::Config)?)),
+            None => None,
+        };
+        let acceptor = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls::acceptor(&tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: settings.tls_client_ca.clone(),
+                })
+                .map_err(AppError::Config)?,
+            ),
+            _ => None,
+        };
         let options = StoreOptions {
             clock: wiring.clock,
             pool_size: settings.pool_size,
@@ -132,6 +160,8 @@ impl Application {
             store,
             shutdown,
             settings,
+            tokens,
+            acceptor,
         })
     }
 
@@ -162,6 +192,8 @@ impl Application {
             store,
             shutdown,
             settings,
+            tokens,
+            acceptor,
         } = self;
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<CoordinatorServer<CoordinatorService>>().await;
@@ -194,13 +226,29 @@ impl Application {
         if let Some(age) = settings.connection_age() {
             builder = builder.max_connection_age(age);
         }
+        let service = match &tokens {
+            Some(tokens) => {
+                tokio::spawn(reload_tokens(tokens.clone(), drain_rx.clone()));
+                CoordinatorService::authenticated(coordinator)
+            }
+            None => CoordinatorService::new(coordinator),
+        };
+        let auth = tokens.map(|t| AuthLayer::new(t, settings.auth_protect_all, Arc::new(tls::peer_names)));
         let router = builder
+            .layer(tower::util::option_layer(auth))
             .add_service(health)
             .add_service(reflection)
-            .add_service(CoordinatorServer::new(CoordinatorService::new(coordinator)));
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            .add_service(CoordinatorServer::new(service));
         let server_drain = async move { crate::service::raised(&mut drain_rx).await };
-        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain));
+        let mut server = match acceptor {
+            Some(acceptor) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(listener, acceptor), server_drain))
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain))
+            }
+        };
         tracing::info!(%addr, backend = %store.backend(), "baton serving");
         if let Some((listener, admin_addr)) = admin {
             tokio::spawn(admin::serve(listener, shutdown.subscribe()));
@@ -236,6 +284,27 @@ impl Application {
         }
         store.close().await;
         Ok(())
+    }
+}
+
+/// How often the tokens file is checked for changes.
+const TOKENS_RELOAD: Duration = Duration::from_secs(1);
+
+/// Reads the tokens file again whenever it changes, until the server drains: a token
+/// added, revoked or expired takes effect within [`TOKENS_RELOAD`], without a restart.
+async fn reload_tokens(tokens: Arc<TokenStore>, mut drain: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = crate::service::raised(&mut drain) => return,
+            _ = tokio::time::sleep(TOKENS_RELOAD) => {}
+        }
+        match tokens.reload_if_changed() {
+            Ok(true) => {
+                tracing::info!(file = %tokens.path().display(), grants = tokens.grants().len(), "tokens file reloaded")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "tokens file not reloaded; the previous version stays in force"),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings of one baton replica.
@@ -57,6 +58,30 @@ pub struct Settings {
     /// Log filter, e.g. info or baton=debug,info.
     #[arg(long, env = "BATON_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Tokens file (TOML; `baton token create` makes entries): every call then needs a
+    /// token or client certificate it lists, and may use only the namespaces and role it
+    /// grants. Read again when it changes. Off: anyone who reaches the port may call.
+    #[arg(long, env = "BATON_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+    /// With --auth-tokens, health and reflection need credentials too (default: open, so
+    /// load balancers and tools can probe).
+    #[arg(long, env = "BATON_AUTH_PROTECT_ALL")]
+    pub auth_protect_all: bool,
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key. Read again when it
+    /// changes, without a restart.
+    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: clients must present one
+    /// (mTLS), and its name can stand for a caller in the tokens file.
+    #[arg(long, env = "BATON_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve on a non-loopback address without TLS or without authentication. Refused
+    /// otherwise: anyone on the network could read and write every namespace.
+    #[arg(long, env = "BATON_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Log output format.
@@ -77,6 +102,28 @@ fn positive(s: &str) -> Result<Duration, String> {
 }
 
 impl Settings {
+    /// Why this configuration may not serve: a non-loopback address without TLS and
+    /// authentication, unless `--insecure` says so.
+    pub fn refuse_insecure(&self) -> Option<String> {
+        if self.insecure || self.listen.ip().is_loopback() {
+            return None;
+        }
+        let mut missing = vec![];
+        if self.tls_cert.is_none() {
+            missing.push("TLS (--tls-cert, --tls-key)");
+        }
+        if self.auth_tokens.is_none() {
+            missing.push("authentication (--auth-tokens)");
+        }
+        (!missing.is_empty()).then(|| {
+            format!(
+                "refusing to serve on {} without {}: anyone on the network could read and write every namespace. Add them, listen on 127.0.0.1, or pass --insecure",
+                self.listen,
+                missing.join(" or ")
+            )
+        })
+    }
+
     /// The HTTP/2 connection age limit, `None` for "never".
     pub fn connection_age(&self) -> Option<Duration> {
         (!self.max_connection_age.is_zero()).then_some(self.max_connection_age)
@@ -112,6 +159,27 @@ mod tests {
         assert_eq!(s.heartbeat, Duration::from_secs(15));
         assert_eq!(s.connection_age(), Some(Duration::from_secs(300)));
         assert_eq!(s.pool_size, 8);
+    }
+
+    #[test]
+    fn a_public_address_needs_tls_and_auth_or_insecure() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["baton"];
+            all.extend(args);
+            Defaults::try_parse_from(all).unwrap().settings
+        };
+        assert_eq!(parse(&[]).refuse_insecure(), None, "loopback is fine");
+        let open = parse(&["--listen", "0.0.0.0:50051"]).refuse_insecure().unwrap();
+        assert!(open.contains("TLS") && open.contains("authentication"), "{open}");
+        let tls_only = ["--listen", "[::]:1", "--tls-cert", "c", "--tls-key", "k"];
+        assert!(parse(&tls_only).refuse_insecure().unwrap().contains("--auth-tokens"));
+        let both = [&tls_only[..], &["--auth-tokens", "t.toml"]].concat();
+        assert_eq!(parse(&both).refuse_insecure(), None);
+        assert_eq!(parse(&["--listen", "0.0.0.0:1", "--insecure"]).refuse_insecure(), None);
+        assert!(
+            Defaults::try_parse_from(["baton", "--tls-cert", "c"]).is_err(),
+            "a cert needs its key"
+        );
     }
 
     #[test]

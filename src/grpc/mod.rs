@@ -8,10 +8,12 @@ mod status;
 
 pub use status::DOMAIN;
 
+use crate::auth::{Caller, Role};
 use crate::domain::command::{
     AcquireLease, AppendEvents, CreateEntity, DefineMachine, DeleteEntity, ForceReleaseLease, GetEntity, GetLease,
     GetMachine, ListEntities, ListLeases, ListMachines, ReleaseLease, RenewLease, StreamEvents, Transition,
 };
+use crate::domain::names::Namespace;
 use crate::proto::{self, coordinator_server};
 use crate::service::{self, Coordinator};
 use std::pin::Pin;
@@ -25,14 +27,72 @@ type Reply<T> = Result<Response<T>, Status>;
 #[derive(Clone)]
 pub struct CoordinatorService {
     inner: Coordinator,
+    /// Every call must carry a [`Caller`] (put there by the auth layer) whose grant covers
+    /// its namespace and role.
+    auth: bool,
 }
 
 impl CoordinatorService {
-    /// Wraps a coordinator.
+    /// Wraps a coordinator; open to every caller.
     pub fn new(inner: Coordinator) -> Self {
-        Self { inner }
+        Self { inner, auth: false }
+    }
+
+    /// Wraps a coordinator whose callers must be authenticated and authorized.
+    pub fn authenticated(inner: Coordinator) -> Self {
+        Self { inner, auth: true }
+    }
+
+    /// May the request's caller make a call that needs `needs` in the namespace it names?
+    /// Decided before anything is parsed further or read, so a refusal is the same whether
+    /// or not what the call names exists (I12).
+    fn authorize<T: Namespaced>(&self, request: &Request<T>, needs: Role) -> Result<(), Status> {
+        if !self.auth {
+            return Ok(());
+        }
+        let ns = Namespace::parse("namespace", request.get_ref().namespace().to_string())
+            .map_err(|e| Status::from(service::Error::from(e)))?;
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
+        caller.authorize(&ns, needs).map_err(status::denied)
     }
 }
+
+/// A request that names its namespace.
+trait Namespaced {
+    fn namespace(&self) -> &str;
+}
+
+macro_rules! namespaced {
+    ($($request:ident),* $(,)?) => {$(
+        impl Namespaced for proto::$request {
+            fn namespace(&self) -> &str {
+                &self.namespace
+            }
+        }
+    )*};
+}
+
+namespaced!(
+    AcquireLeaseRequest,
+    RenewLeaseRequest,
+    ReleaseLeaseRequest,
+    GetLeaseRequest,
+    DefineMachineRequest,
+    GetMachineRequest,
+    CreateEntityRequest,
+    GetEntityRequest,
+    ListEntitiesRequest,
+    TransitionRequest,
+    AppendEventsRequest,
+    StreamEventsRequest,
+    ListLeasesRequest,
+    ForceReleaseLeaseRequest,
+    ListMachinesRequest,
+    DeleteEntityRequest,
+);
 
 /// Parses `request` into a command, runs it, converts the outcome; any error becomes a
 /// status in the one mapping.
@@ -49,6 +109,7 @@ where
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for CoordinatorService {
     async fn acquire_lease(&self, req: Request<proto::AcquireLeaseRequest>) -> Reply<proto::AcquireLeaseResponse> {
+        self.authorize(&req, Role::Write)?;
         let deadline = req
             .metadata()
             .get("grpc-timeout")
@@ -59,6 +120,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn renew_lease(&self, req: Request<proto::RenewLeaseRequest>) -> Reply<proto::RenewLeaseResponse> {
+        self.authorize(&req, Role::Write)?;
         unary(req.into_inner(), |cmd: RenewLease| async {
             let lease = self.inner.renew_lease(cmd).await?;
             Ok(proto::RenewLeaseResponse {
@@ -69,6 +131,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn release_lease(&self, req: Request<proto::ReleaseLeaseRequest>) -> Reply<proto::ReleaseLeaseResponse> {
+        self.authorize(&req, Role::Write)?;
         unary(req.into_inner(), |cmd: ReleaseLease| async {
             let released = self.inner.release_lease(cmd).await?;
             Ok(proto::ReleaseLeaseResponse { released })
@@ -77,14 +140,17 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn get_lease(&self, req: Request<proto::GetLeaseRequest>) -> Reply<proto::GetLeaseResponse> {
+        self.authorize(&req, Role::Read)?;
         unary(req.into_inner(), |cmd: GetLease| self.inner.get_lease(cmd)).await
     }
 
     async fn define_machine(&self, req: Request<proto::DefineMachineRequest>) -> Reply<proto::DefineMachineResponse> {
+        self.authorize(&req, Role::Admin)?;
         unary(req.into_inner(), |cmd: DefineMachine| self.inner.define_machine(cmd)).await
     }
 
     async fn get_machine(&self, req: Request<proto::GetMachineRequest>) -> Reply<proto::GetMachineResponse> {
+        self.authorize(&req, Role::Read)?;
         unary(req.into_inner(), |cmd: GetMachine| async {
             let m = self.inner.get_machine(cmd).await?;
             Ok(proto::GetMachineResponse {
@@ -95,10 +161,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn create_entity(&self, req: Request<proto::CreateEntityRequest>) -> Reply<proto::CreateEntityResponse> {
+        self.authorize(&req, Role::Write)?;
         unary(req.into_inner(), |cmd: CreateEntity| self.inner.create_entity(cmd)).await
     }
 
     async fn get_entity(&self, req: Request<proto::GetEntityRequest>) -> Reply<proto::GetEntityResponse> {
+        self.authorize(&req, Role::Read)?;
         unary(req.into_inner(), |cmd: GetEntity| async {
             let e = self.inner.get_entity(cmd).await?;
             Ok(proto::GetEntityResponse {
@@ -109,6 +177,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn list_entities(&self, req: Request<proto::ListEntitiesRequest>) -> Reply<proto::ListEntitiesResponse> {
+        self.authorize(&req, Role::Read)?;
         unary(req.into_inner(), |cmd: ListEntities| async {
             Ok(convert::page(self.inner.list_entities(cmd).await?))
         })
@@ -116,16 +185,19 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn transition(&self, req: Request<proto::TransitionRequest>) -> Reply<proto::TransitionResponse> {
+        self.authorize(&req, Role::Write)?;
         unary(req.into_inner(), |cmd: Transition| self.inner.transition(cmd)).await
     }
 
     async fn append_events(&self, req: Request<proto::AppendEventsRequest>) -> Reply<proto::AppendEventsResponse> {
+        self.authorize(&req, Role::Write)?;
         unary(req.into_inner(), |cmd: AppendEvents| self.inner.append_events(cmd)).await
     }
 
     type StreamEventsStream = Pin<Box<dyn Stream<Item = Result<proto::StreamEventsResponse, Status>> + Send>>;
 
     async fn stream_events(&self, req: Request<proto::StreamEventsRequest>) -> Reply<Self::StreamEventsStream> {
+        self.authorize(&req, Role::Read)?;
         let served: Response<Served> = unary(req.into_inner(), |cmd: StreamEvents| async {
             Ok(Served::from(self.inner.stream_events(cmd).await?))
         })
@@ -134,6 +206,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn list_leases(&self, req: Request<proto::ListLeasesRequest>) -> Reply<proto::ListLeasesResponse> {
+        self.authorize(&req, Role::Admin)?;
         unary(req.into_inner(), |cmd: ListLeases| async {
             Ok(convert::lease_page(self.inner.list_leases(cmd).await?))
         })
@@ -144,6 +217,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         req: Request<proto::ForceReleaseLeaseRequest>,
     ) -> Reply<proto::ForceReleaseLeaseResponse> {
+        self.authorize(&req, Role::Admin)?;
         unary(req.into_inner(), |cmd: ForceReleaseLease| async {
             let ended = self.inner.force_release_lease(cmd).await?;
             Ok(proto::ForceReleaseLeaseResponse {
@@ -155,6 +229,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn list_machines(&self, req: Request<proto::ListMachinesRequest>) -> Reply<proto::ListMachinesResponse> {
+        self.authorize(&req, Role::Admin)?;
         unary(req.into_inner(), |cmd: ListMachines| async {
             Ok(convert::machine_page(self.inner.list_machines(cmd).await?))
         })
@@ -162,6 +237,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn delete_entity(&self, req: Request<proto::DeleteEntityRequest>) -> Reply<proto::DeleteEntityResponse> {
+        self.authorize(&req, Role::Admin)?;
         unary(req.into_inner(), |cmd: DeleteEntity| async {
             let deleted = self.inner.delete_entity(cmd).await?;
             Ok(proto::DeleteEntityResponse { deleted })

@@ -15,6 +15,27 @@ fn status(code: Code, reason: &str, message: String, meta: &[(&str, String)]) ->
     Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, DOMAIN, metadata))
 }
 
+/// `PERMISSION_DENIED` for a caller whose grant does not cover a call: ErrorInfo reason
+/// `PERMISSION_DENIED`, metadata `namespace` (and `role` needed, for a role too low).
+pub fn denied(d: crate::auth::Denied) -> Status {
+    use crate::auth::Denied;
+    let msg = d.to_string();
+    match d {
+        Denied::Namespace { namespace, .. } => status(
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            msg,
+            &[("namespace", namespace)],
+        ),
+        Denied::Role { namespace, needs, .. } => status(
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            msg,
+            &[("namespace", namespace), ("needs_role", needs.to_string())],
+        ),
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let msg = e.to_string();

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod auth;
 mod cancellation;
 mod cli;
 mod contract;

@@ -12,6 +12,7 @@ mod machine;
 mod machine_file;
 mod output;
 mod serve;
+mod token;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use output::Output;
@@ -44,6 +45,9 @@ enum Command {
     /// Print an entity's events as they arrive, resuming when the stream breaks; exits 0
     /// after `final`.
     Tail(events::TailArgs),
+    /// Bearer tokens for a server's tokens file (--auth-tokens).
+    #[command(subcommand)]
+    Token(token::TokenCmd),
     /// Operator commands: live leases, force-release, machines, delete an entity.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
@@ -66,6 +70,7 @@ impl Command {
             Command::Events(c) => c.conn().output(),
             Command::Tail(a) => a.conn().output(),
             Command::Admin(c) => c.conn().output(),
+            Command::Token(c) => c.output(),
         }
     }
 }
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
             Command::Events(cmd) => events::run(cmd).await,
             Command::Tail(args) => events::tail(args).await,
             Command::Admin(cmd) => admin::run(cmd).await,
+            Command::Token(cmd) => token::run(cmd).await,
         };
         outcome.unwrap_or_else(|failure| {
             failure.report(output);
