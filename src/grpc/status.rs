@@ -129,6 +129,12 @@ impl From<Error> for Status {
                 let meta: Vec<(&str, String)> = last_seq.map(|s| ("last_seq", s.to_string())).into_iter().collect();
                 status(Code::Unavailable, "SHUTTING_DOWN", msg, &meta)
             }
+            Error::ConnectionAged { last_seq } => status(
+                Code::Unavailable,
+                "CONNECTION_AGED",
+                msg,
+                &[("last_seq", last_seq.to_string())],
+            ),
             Error::Conflict(_) => status(Code::Aborted, "MACHINE_CHANGED", msg, &[]),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

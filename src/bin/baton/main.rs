@@ -10,7 +10,7 @@ mod machine_file;
 mod output;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// baton: fenced leases, state-machine transitions and sealed event tapes over gRPC.
@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the server (SQLite file baton.db on 127.0.0.1:50051 by default).
-    Serve(baton::app::Settings),
+    Serve(serve::ServeArgs),
     /// Leases with fencing tokens.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
@@ -42,7 +42,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -52,7 +53,10 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let outcome = match cli.command {
-            Command::Serve(settings) => return serve::run(settings).await,
+            Command::Serve(args) => {
+                let serve = matches.subcommand_matches("serve").cloned().unwrap_or_default();
+                return serve::run(args, &serve).await;
+            }
             Command::Lease(cmd) => lease::run(cmd).await,
             Command::Machine(cmd) => machine::run(cmd).await,
             Command::Entity(cmd) => entity::run(cmd).await,
