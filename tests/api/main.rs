@@ -4,9 +4,11 @@
 mod helpers;
 
 mod cancellation;
+mod config;
 mod contract;
 mod entities;
 mod leases;
+mod observability;
 mod pipeline;
 mod scenarios;
 mod server;
