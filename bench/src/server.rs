@@ -103,7 +103,11 @@ impl Spawned {
         let pool = pool_size.map(|n| n.to_string());
         let (process, admin) = tokio::task::spawn_blocking(move || {
             let has_admin = options.admin && has_admin_flag(&bin)?;
-            let mut extra = vec!["--log-level", "info"];
+            // The serving line is logged at info; a --server-arg may set a finer level.
+            let mut extra = vec![];
+            if !options.args.iter().any(|a| a.starts_with("--log-level")) {
+                extra.extend(["--log-level", "info"]);
+            }
             if let Some(n) = &pool {
                 extra.extend(["--pool-size", n.as_str()]);
             }
