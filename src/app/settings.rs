@@ -41,7 +41,7 @@ pub struct Settings {
     #[arg(long, env = "BATON_MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
     /// How long streams may outlive their connection's age: then event streams end with
-    /// UNAVAILABLE (CONNECTION_AGED, last_seq) and health watches end, so clients resume on
+    /// UNAVAILABLE (SHUTTING_DOWN, cause CONNECTION_AGED, last_seq) and health watches end, so clients resume on
     /// another connection; a moment later the connection is closed, whatever is still on it.
     #[arg(long, env = "BATON_MAX_CONNECTION_AGE_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub max_connection_age_grace: Duration,

@@ -273,7 +273,7 @@ async fn otlp_span_is_parented_on_traceparent(backend: Backend) {
     }
 }
 
-/// A stream on a connection older than max age + grace ends UNAVAILABLE/CONNECTION_AGED with
+/// A stream on a connection older than max age + grace ends UNAVAILABLE/SHUTTING_DOWN (cause CONNECTION_AGED) with
 /// its last seq, within the grace; resumed on another replica (Postgres) or a new
 /// connection (SQLite) from that seq, it misses nothing.
 async fn aged_connection_ends_streams_with_last_seq(backend: Backend) {
@@ -299,8 +299,9 @@ async fn aged_connection_ends_streams_with_last_seq(backend: Backend) {
     let status = end.expect_err("the stream ends with an error");
     assert_eq!(
         (status.code(), reason(&status).as_str()),
-        (Code::Unavailable, "CONNECTION_AGED")
+        (Code::Unavailable, "SHUTTING_DOWN")
     );
+    assert_eq!(meta(&status, "cause").as_deref(), Some("CONNECTION_AGED"));
     let last = events.last().unwrap().seq;
     assert_eq!(meta(&status, "last_seq"), Some(last.to_string()));
     assert!(took >= Duration::from_secs(3), "not before age + grace: {took:?}");
