@@ -58,10 +58,22 @@ impl ServeProcess {
 
     /// [`ServeProcess::spawn`] on a given address (a replica restarted where it was).
     pub fn spawn_at(bin: &Path, listen: SocketAddr, database_url: &str, extra: &[&str]) -> Result<Self, String> {
+        Self::spawn_with_env(bin, listen, database_url, extra, &[])
+    }
+
+    /// [`ServeProcess::spawn_at`] with variables set for the child only (`OTEL_…`, `BATON_…`).
+    pub fn spawn_with_env(
+        bin: &Path,
+        listen: SocketAddr,
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut child = Command::new(bin)
             .args(["serve", "--listen", &listen.to_string(), "--log-format", "json"])
             .args(["--database-url", database_url])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

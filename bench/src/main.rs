@@ -48,6 +48,18 @@ pub struct BenchArgs {
     /// `--pool-size` passed to the spawned server.
     #[arg(long, env = "BATON_BENCH_POOL_SIZE", requires = "spawn")]
     pool_size: Option<u32>,
+    /// Another argument for the spawned server (repeatable), e.g.
+    /// `--server-arg=--log-level=warn`.
+    #[arg(long = "server-arg", requires = "spawn", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Spawn the server without its admin listener: no metrics recorder, so the cost of
+    /// metrics can be measured (round trips per call are then not measured).
+    #[arg(long, requires = "spawn")]
+    no_admin: bool,
+    /// Export the spawned server's spans over OTLP/gRPC to a receiver in the bench that
+    /// counts and drops them, so the cost of tracing can be measured.
+    #[arg(long, requires = "spawn")]
+    otlp_sink: bool,
     /// Pid of the --target server, for the idle-stream memory figure (read from /proc).
     #[arg(long, env = "BATON_BENCH_SERVER_PID", conflicts_with = "spawn")]
     server_pid: Option<u32>,
@@ -378,6 +390,22 @@ async fn run(args: BenchArgs) -> Result<ExitCode, String> {
             .into());
     }
 
+    let sink = if args.otlp_sink {
+        Some(server::otlp_sink().await?)
+    } else {
+        None
+    };
+    let mut options = server::Options {
+        admin: !args.no_admin,
+        args: args.server_args.clone(),
+        env: vec![],
+    };
+    if let Some((addr, _)) = &sink {
+        options.env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()),
+        ];
+    }
     let server = match args.spawn {
         Some(backend) => Some(
             server::Spawned::start(
@@ -385,6 +413,7 @@ async fn run(args: BenchArgs) -> Result<ExitCode, String> {
                 backend,
                 args.database_url.clone(),
                 args.pool_size,
+                options,
             )
             .await?,
         ),
@@ -468,6 +497,12 @@ async fn run(args: BenchArgs) -> Result<ExitCode, String> {
     }
     if let Some(s) = server {
         s.stop();
+    }
+    if let Some((_, spans)) = &sink {
+        notes.push(format!(
+            "the server exported {} spans to the bench's OTLP sink",
+            spans.load(std::sync::atomic::Ordering::Relaxed)
+        ));
     }
 
     let results = Results {

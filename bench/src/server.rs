@@ -6,11 +6,65 @@ use baton::process::{self, ServeProcess, TempDatabase};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How long after "baton serving" the "admin serving" line may take to show up. Both
 /// listeners are bound at start-up, so it is there at once or never.
 const ADMIN_LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to start the spawned server besides its database.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Start its admin listener (and so its metrics recorder).
+    pub admin: bool,
+    /// More `baton serve` arguments.
+    pub args: Vec<String>,
+    /// Variables set for the server only.
+    pub env: Vec<(String, String)>,
+}
+
+/// A loopback OTLP/gRPC receiver that counts the spans it is sent and drops them: somewhere
+/// for a traced server to export to, so tracing's cost is measured whole.
+pub async fn otlp_sink() -> Result<(SocketAddr, Arc<AtomicU64>), String> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+
+    struct Sink(Arc<AtomicU64>);
+
+    #[tonic::async_trait]
+    impl TraceService for Sink {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let spans: usize = request
+                .get_ref()
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.0.fetch_add(spans as u64, Ordering::Relaxed);
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| format!("cannot bind the OTLP sink: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let spans = Arc::new(AtomicU64::new(0));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Sink(spans.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok((addr, spans))
+}
 
 /// A spawned server, with the fresh database it was given; killed on drop, then the
 /// database is dropped (fields drop in order).
@@ -26,12 +80,14 @@ pub struct Spawned {
 impl Spawned {
     /// Starts `baton serve` (the `baton` executable beside this one, or `bin`) on
     /// 127.0.0.1:0 and waits for the address it logs; with `--admin-listen 127.0.0.1:0` too
-    /// when this `baton` has that flag, and then for the admin address it logs.
+    /// when `options.admin` and this `baton` has that flag, and then for the admin address it
+    /// logs.
     pub async fn start(
         bin: Option<PathBuf>,
         backend: Backend,
         database_url: Option<String>,
         pool_size: Option<u32>,
+        options: Options,
     ) -> Result<Self, String> {
         let (url, db) = match database_url {
             Some(url) => (url, None),
@@ -46,15 +102,22 @@ impl Spawned {
         };
         let pool = pool_size.map(|n| n.to_string());
         let (process, admin) = tokio::task::spawn_blocking(move || {
-            let has_admin = has_admin_flag(&bin)?;
-            let mut extra = vec!["--log-level", "info"];
+            let has_admin = options.admin && has_admin_flag(&bin)?;
+            // The serving line is logged at info; a --server-arg may set a finer level.
+            let mut extra = vec![];
+            if !options.args.iter().any(|a| a.starts_with("--log-level")) {
+                extra.extend(["--log-level", "info"]);
+            }
             if let Some(n) = &pool {
                 extra.extend(["--pool-size", n.as_str()]);
             }
             if has_admin {
                 extra.extend(["--admin-listen", "127.0.0.1:0"]);
             }
-            let process = ServeProcess::spawn(&bin, &url, &extra)?;
+            extra.extend(options.args.iter().map(String::as_str));
+            let env: Vec<(&str, &str)> = options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let process = ServeProcess::spawn_with_env(&bin, listen, &url, &extra, &env)?;
             let admin = if has_admin {
                 // `spawn` returned at "baton serving"; the admin line comes after it, or was
                 // logged before it and consumed by `spawn`, which keeps no earlier line.
@@ -62,6 +125,8 @@ impl Spawned {
                     .wait_for_log(ADMIN_LOG_TIMEOUT, |l| admin_addr(l).is_some())
                     .map_err(|e| format!("no \"admin serving\" log line after \"baton serving\": {e}"))
                     .and_then(|l| admin_addr(&l).ok_or_else(|| "unreadable admin line".into()))
+            } else if !options.admin {
+                Err("--no-admin: the server's metrics are off".into())
             } else {
                 Err(format!("{} serve has no --admin-listen", bin.display()))
             };

@@ -4,10 +4,12 @@
 //! the server through these two functions.
 
 pub mod admin;
+mod connection;
+mod health;
 mod settings;
 pub mod tls;
 
-pub use settings::{LogFormat, Settings};
+pub use settings::{ConfigError, Effective, LogFormat, Origin, Resolved, Settings};
 
 use crate::auth::TokenStore;
 use crate::auth::layer::AuthLayer;
@@ -17,14 +19,22 @@ use crate::grpc::CoordinatorService;
 use crate::proto::{self, coordinator_server::CoordinatorServer};
 use crate::service::{Coordinator, ServiceConfig};
 use crate::storage::{self, Store, StoreError, StoreOptions};
+use crate::telemetry::names;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+
+/// How long after its streams end an aged connection is closed, whatever is still on it (a
+/// long lease wait): the streams' own end comes first, with a status that says where to
+/// resume.
+const AGED_CLOSE_SLACK: Duration = Duration::from_secs(1);
 
 /// What tests inject into a server besides its settings.
 #[derive(Debug, Clone, Default)]
@@ -180,9 +190,11 @@ impl Application {
         &self.coordinator
     }
 
-    /// Serves until `stop` resolves, then drains: health turns NOT_SERVING, open streams end
-    /// with UNAVAILABLE (clients resume elsewhere), new calls are refused, in-flight unary
-    /// calls finish — all within `drain`, after which remaining connections are dropped.
+    /// Serves until `stop` resolves, then drains: health turns NOT_SERVING (gRPC health and
+    /// `/readyz`) while the server goes on serving and accepting for `drain_delay`, so
+    /// proxies notice; then open streams end with UNAVAILABLE (clients resume elsewhere),
+    /// health watches end, new calls are refused, in-flight unary calls finish — all within
+    /// `drain`, after which remaining connections are dropped.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let Self {
             listener,
@@ -195,20 +207,32 @@ impl Application {
             tokens,
             acceptor,
         } = self;
-        let (reporter, health) = tonic_health::server::health_reporter();
+        let (reporter, _) = tonic_health::server::health_reporter();
         reporter.set_serving::<CoordinatorServer<CoordinatorService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| AppError::Serve(e.to_string()))?;
+        let health = HealthServer::new(health::DrainingHealth::new(reporter.clone(), shutdown.subscribe()));
+        // Both reflection versions: grpcurl, grpcio's client, Postman and other tools still
+        // speak v1alpha only.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let serve_error = |e: tonic_reflection::server::Error| AppError::Serve(e.to_string());
+        let reflection_v1 = reflection().build_v1().map_err(serve_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(serve_error)?;
 
         let mut drain_rx = shutdown.subscribe();
+        // Whether this replica serves: the database answers and it is not draining.
+        let (ready, ready_rx) = watch::channel(true);
+        let ready = Arc::new(ready);
+        // Raised when the drain begins (before its delay): health stops following the database.
+        let (stopping, stopping_rx) = watch::channel(false);
         tokio::spawn(watch_health(
             store.clone(),
             reporter.clone(),
+            ready.clone(),
             settings.health_interval,
-            drain_rx.clone(),
+            stopping_rx,
         ));
         tokio::spawn(housekeeping(coordinator.clone(), drain_rx.clone()));
 
@@ -224,34 +248,44 @@ impl Application {
             // connection still bounds the work a reset flood can cause.
             .http2_max_pending_accept_reset_streams(Some(1024));
         if let Some(age) = settings.connection_age() {
-            builder = builder.max_connection_age(age);
+            // At the age tonic sends GOAWAY and waits for the connection's streams; ours
+            // end at age + grace (see `connection`), and the connection is closed just after.
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(settings.max_connection_age_grace + AGED_CLOSE_SLACK);
         }
         let service = match &tokens {
             Some(tokens) => {
                 tokio::spawn(reload_tokens(tokens.clone(), drain_rx.clone()));
-                CoordinatorService::authenticated(coordinator)
+                CoordinatorService::authenticated(coordinator.clone())
             }
-            None => CoordinatorService::new(coordinator),
+            None => CoordinatorService::new(coordinator.clone()),
         };
+        let auth_on = tokens.is_some();
         let auth = tokens.map(|t| AuthLayer::new(t, settings.auth_protect_all, Arc::new(tls::peer_names)));
         let router = builder
             .layer(tower::util::option_layer(auth))
             .add_service(health)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(CoordinatorServer::new(service));
+        let lifetime = settings.stream_lifetime();
         let server_drain = async move { crate::service::raised(&mut drain_rx).await };
+        let tls = acceptor.is_some();
         let mut server = match acceptor {
-            Some(acceptor) => {
-                tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(listener, acceptor), server_drain))
-            }
+            Some(acceptor) => tokio::spawn(
+                router.serve_with_incoming_shutdown(tls::incoming(listener, acceptor, lifetime), server_drain),
+            ),
             None => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map(move |accepted| accepted.map(|stream| connection::Accepted::new(stream, lifetime)));
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain))
             }
         };
-        tracing::info!(%addr, backend = %store.backend(), "baton serving");
+        tracing::info!(%addr, backend = %store.backend(), tls, auth = auth_on, "baton serving");
         if let Some((listener, admin_addr)) = admin {
-            tokio::spawn(admin::serve(listener, shutdown.subscribe()));
+            tokio::spawn(admin::serve(listener, coordinator, ready_rx, shutdown.subscribe()));
             tracing::info!(addr = %admin_addr, "admin serving");
         }
 
@@ -266,11 +300,26 @@ impl Application {
                 };
             }
         }
-        tracing::info!(drain = ?settings.drain, "draining");
+        tracing::info!(drain = ?settings.drain, delay = ?settings.drain_delay, "draining");
+        let _ = stopping.send(true);
+        let _ = ready.send(false);
         reporter
             .set_not_serving::<CoordinatorServer<CoordinatorService>>()
             .await;
         reporter.set_service_status("", ServingStatus::NotServing).await;
+        // Serve on, accepting too, while proxies' health checks see NOT_SERVING and stop
+        // sending here; the listener closing at once would fail calls still on their way.
+        if !settings.drain_delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(settings.drain_delay) => {}
+                res = &mut server => {
+                    store.close().await;
+                    return res
+                        .map_err(|e| AppError::Serve(e.to_string()))?
+                        .map_err(|e| AppError::Serve(e.to_string()));
+                }
+            }
+        }
         // One flag tells stream handlers to end with UNAVAILABLE, lease waiters to stop
         // waiting, and tonic to stop accepting and finish in-flight calls.
         let _ = shutdown.send(true);
@@ -308,10 +357,12 @@ async fn reload_tokens(tokens: Arc<TokenStore>, mut drain: watch::Receiver<bool>
     }
 }
 
-/// Health follows the database: SERVING while it answers, NOT_SERVING while it does not.
+/// Health follows the database: SERVING while it answers, NOT_SERVING while it does not
+/// (gRPC health, and `ready` for `/readyz`).
 async fn watch_health(
     store: Arc<dyn Store>,
     reporter: tonic_health::server::HealthReporter,
+    ready: Arc<watch::Sender<bool>>,
     every: Duration,
     mut drain: watch::Receiver<bool>,
 ) {
@@ -329,6 +380,7 @@ async fn watch_health(
                 ServingStatus::NotServing
             };
             tracing::warn!(serving = ok, "database reachability changed");
+            let _ = ready.send(ok);
             reporter.set_service_status("", status).await;
             reporter.set_service_status("baton.v1.Coordinator", status).await;
             last = ok;
@@ -349,12 +401,20 @@ async fn housekeeping(coordinator: Coordinator, mut drain: watch::Receiver<bool>
     let mut last_purge: Option<tokio::time::Instant> = None;
     loop {
         let purge = last_purge.is_none_or(|t| t.elapsed() >= PURGE_INTERVAL);
-        match coordinator.housekeeping(purge).await {
+        let ran = coordinator.housekeeping(purge).await;
+        if !matches!(ran, Ok(None)) {
+            let result = if ran.is_ok() { "ok" } else { "error" };
+            metrics::counter!(names::HOUSEKEEPING_RUNS, "result" => result).increment(1);
+        }
+        match ran {
             Ok(Some(work)) => {
                 if purge {
                     last_purge = Some(tokio::time::Instant::now());
                 }
                 let due = work.due;
+                metrics::counter!(names::TIMEOUTS_FIRED).increment(due.fired);
+                metrics::counter!(names::HOUSEKEEPING_PURGED, "what" => "entities").increment(due.purged);
+                metrics::counter!(names::HOUSEKEEPING_PURGED, "what" => "requests").increment(work.requests_purged);
                 if due.fired > 0 || due.purged > 0 {
                     tracing::info!(
                         timeouts_fired = due.fired,

@@ -1,10 +1,17 @@
 //! Everything `baton serve` can be told, with its defaults — written once, here. The same
-//! type is the command line (each setting a flag and a `BATON_*` variable) and what tests
-//! and embedders pass to [`crate::app::Application::build`].
+//! type is the command line (each setting a flag and a `BATON_*` variable), the schema of
+//! the configuration file (each setting a key: the flag's name with `_` for `-`), and what
+//! tests and embedders pass to [`crate::app::Application::build`].
+//!
+//! Layers, lowest first: the defaults below, the file (`--config`), the environment, the
+//! flags. [`Settings::resolve`] applies them and remembers where each value came from, so
+//! `--print-config` can say.
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Settings of one baton replica.
@@ -13,22 +20,31 @@ pub struct Settings {
     /// Address to serve gRPC on.
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Address of the admin HTTP listener (GET /metrics); off unless given. Keep it on
-    /// loopback or a private network: it is for operators, not clients.
+    /// Address of the admin HTTP listener (GET /metrics, /healthz, /readyz); off unless
+    /// given. Keep it on loopback or a private network: it is for operators, not clients.
     #[arg(long, env = "BATON_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Database: sqlite:PATH (created if missing) or postgres://USER[:PASS]@HOST[:PORT]/DB.
     #[arg(long, env = "BATON_DATABASE_URL", default_value = "sqlite:baton.db")]
     pub database_url: String,
-    /// Longest graceful shutdown on SIGINT/SIGTERM.
+    /// Longest graceful shutdown on SIGINT/SIGTERM, counted after the drain delay.
     #[arg(long, env = "BATON_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+    /// On SIGINT/SIGTERM, how long to keep serving (and accepting) while health reports
+    /// NOT_SERVING, so a proxy's health check notices before the listener closes.
+    #[arg(long, env = "BATON_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
     /// Heartbeat interval of idle event streams.
     #[arg(long, env = "BATON_HEARTBEAT", default_value = "15s", value_parser = positive)]
     pub heartbeat: Duration,
     /// Close HTTP/2 connections after this age so a load balancer can rebalance (0 = never).
     #[arg(long, env = "BATON_MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
+    /// How long streams may outlive their connection's age: then event streams end with
+    /// UNAVAILABLE (SHUTTING_DOWN, cause CONNECTION_AGED, last_seq) and health watches end, so clients resume on
+    /// another connection; a moment later the connection is closed, whatever is still on it.
+    #[arg(long, env = "BATON_MAX_CONNECTION_AGE_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
     /// HTTP/2 keepalive ping interval.
     #[arg(long, env = "BATON_KEEPALIVE", default_value = "30s", value_parser = positive)]
     pub keepalive: Duration,
@@ -65,7 +81,7 @@ pub struct Settings {
     pub auth_tokens: Option<PathBuf>,
     /// With --auth-tokens, health and reflection need credentials too (default: open, so
     /// load balancers and tools can probe).
-    #[arg(long, env = "BATON_AUTH_PROTECT_ALL")]
+    #[arg(long, env = "BATON_AUTH_PROTECT_ALL", action = clap::ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub auth_protect_all: bool,
     /// TLS certificate chain (PEM) for the gRPC port; with --tls-key. Read again when it
     /// changes, without a restart.
@@ -80,7 +96,7 @@ pub struct Settings {
     pub tls_client_ca: Option<PathBuf>,
     /// Serve on a non-loopback address without TLS or without authentication. Refused
     /// otherwise: anyone on the network could read and write every namespace.
-    #[arg(long, env = "BATON_INSECURE")]
+    #[arg(long, env = "BATON_INSECURE", action = clap::ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub insecure: bool,
 }
 
@@ -128,6 +144,207 @@ impl Settings {
     pub fn connection_age(&self) -> Option<Duration> {
         (!self.max_connection_age.is_zero()).then_some(self.max_connection_age)
     }
+
+    /// How long after its accept a connection's streams are ended (age + grace), `None`
+    /// when connections never age.
+    pub fn stream_lifetime(&self) -> Option<Duration> {
+        self.connection_age().map(|age| age + self.max_connection_age_grace)
+    }
+
+    /// Applies the layers: defaults < `file` < environment < flags. `cli` holds what clap
+    /// parsed from the command line and the environment (the `serve` subcommand's matches;
+    /// ids that are not settings are ignored).
+    pub fn resolve(cli: &ArgMatches, file: Option<&Path>) -> Result<Resolved, ConfigError> {
+        let command = Defaults::command();
+        let args: Vec<&clap::Arg> = command.get_arguments().filter(|a| a.get_long().is_some()).collect();
+        let mut from_file = vec![];
+        if let Some(path) = file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {shown}: {e}")))?;
+            for (key, value) in parse_file(&text).map_err(|e| ConfigError(format!("{shown}: {e}")))? {
+                let Some(arg) = args.iter().find(|a| a.get_id() == key.as_str()) else {
+                    return Err(ConfigError(format!("{shown}: unknown setting {key:?}")));
+                };
+                check_value(arg, &value).map_err(|e| ConfigError(format!("{shown}: {key}: {e}")))?;
+                if !matches!(
+                    cli.value_source(&key),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                ) {
+                    from_file.push((key, value));
+                }
+            }
+        }
+        // Parse again: the flags as given, the file's values as if they were flags (only
+        // where neither a flag nor a variable set them), the environment as clap reads it.
+        let mut argv: Vec<OsString> = vec!["baton".into()];
+        for arg in &args {
+            let id = arg.get_id().as_str();
+            if cli.value_source(id) == Some(ValueSource::CommandLine)
+                && let Some(values) = cli.get_raw(id)
+            {
+                for v in values {
+                    argv.push(format!("--{}", arg.get_long().unwrap_or(id)).into());
+                    argv.push(v.to_owned());
+                }
+            }
+        }
+        for (key, value) in &from_file {
+            let long = args
+                .iter()
+                .find(|a| a.get_id() == key.as_str())
+                .and_then(|a| a.get_long());
+            argv.push(format!("--{}", long.unwrap_or(key)).into());
+            argv.push(value.into());
+        }
+        let matches = command
+            .clone()
+            .try_get_matches_from(argv)
+            .map_err(|e| ConfigError(first_line(&e.to_string())))?;
+        let settings = Settings::from_arg_matches(&matches).map_err(|e| ConfigError(first_line(&e.to_string())))?;
+        let effective = args
+            .iter()
+            .map(|arg| {
+                let id = arg.get_id().as_str();
+                let value = matches
+                    .get_raw(id)
+                    .and_then(|mut v| v.next())
+                    .map(|v| v.to_string_lossy().into_owned());
+                let origin = if from_file.iter().any(|(k, _)| k == id) {
+                    Origin::File
+                } else {
+                    match matches.value_source(id) {
+                        Some(ValueSource::CommandLine) => Origin::Flag,
+                        Some(ValueSource::EnvVariable) => Origin::Env(
+                            arg.get_env()
+                                .map(|e| e.to_string_lossy().into_owned())
+                                .unwrap_or_default(),
+                        ),
+                        _ => Origin::Default,
+                    }
+                };
+                Effective {
+                    key: id.to_string(),
+                    value,
+                    origin,
+                }
+            })
+            .collect();
+        Ok(Resolved { settings, effective })
+    }
+}
+
+/// A configuration that cannot be used, as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Settings after every layer, and where each value came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The settings to run with.
+    pub settings: Settings,
+    /// Every setting's value (as written) and origin, in declaration order.
+    pub effective: Vec<Effective>,
+}
+
+/// One setting's effective value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    /// The file key (the flag's name with `_` for `-`).
+    pub key: String,
+    /// The value as written; `None` when unset (off).
+    pub value: Option<String>,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// Which layer a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// The `--config` file.
+    File,
+    /// An environment variable (its name).
+    Env(String),
+    /// A command-line flag.
+    Flag,
+}
+
+impl Resolved {
+    /// The effective configuration as a TOML file that `--config` accepts, each line
+    /// commented with its origin; passwords in URLs are redacted.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from("# baton serve: the effective configuration (defaults < file < env < flags)\n");
+        for e in &self.effective {
+            let origin = match &e.origin {
+                Origin::Default => "default".to_string(),
+                Origin::File => "file".to_string(),
+                Origin::Env(name) => format!("env {name}"),
+                Origin::Flag => "flag".to_string(),
+            };
+            match &e.value {
+                None => out.push_str(&format!("# {} is not set ({origin})\n", e.key)),
+                Some(v) => {
+                    let v = if e.key == "database_url" {
+                        crate::storage::redact(v)
+                    } else {
+                        v.clone()
+                    };
+                    let shown = match v.parse::<i64>() {
+                        Ok(n) => n.to_string(),
+                        Err(_) => toml::Value::String(v).to_string(),
+                    };
+                    out.push_str(&format!("{} = {shown}  # {origin}\n", e.key));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The file's keys and values, each value as it would be written after its flag.
+fn parse_file(text: &str) -> Result<Vec<(String, String)>, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .map_or(String::new(), |l| format!("line {l}: "));
+        format!("{line}{}", first_line(e.message()))
+    })?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "{key}: expected a string or a number, found {}",
+                        other.type_str()
+                    ));
+                }
+            };
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// Whether `value` is one `arg` accepts, through the flag's own parser.
+fn check_value(arg: &clap::Arg, value: &str) -> Result<(), String> {
+    let one = clap::Command::new("baton")
+        .no_binary_name(true)
+        .arg(arg.clone().env(None).required(false));
+    let long = format!("--{}", arg.get_long().unwrap_or_default());
+    one.try_get_matches_from([long.as_str(), value])
+        .map(|_| ())
+        .map_err(|e| first_line(&e.to_string()).trim_start_matches("error: ").to_string())
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_string()
 }
 
 /// Only to read the defaults off the argument definitions.

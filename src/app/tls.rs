@@ -3,6 +3,8 @@
 //! optional client certificates (mTLS) verified against a CA, whose names can stand for a
 //! caller in the tokens file.
 
+use super::connection::Accepted;
+use crate::grpc::Connection;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
@@ -172,9 +174,9 @@ pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
 /// The names of the verified client certificate of the connection a request came on, as
 /// tonic records TLS connections in request extensions.
 pub fn peer_names(extensions: &http::Extensions) -> Vec<String> {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    use tonic::transport::server::TlsConnectInfo;
     extensions
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .get::<TlsConnectInfo<Connection>>()
         .and_then(|info| info.peer_certs())
         .and_then(|certs| certs.first().map(certificate_names))
         .unwrap_or_default()
@@ -190,7 +192,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn incoming(
     listener: tokio::net::TcpListener,
     acceptor: TlsAcceptor,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    lifetime: Option<Duration>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<Accepted>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(5);
@@ -215,7 +218,8 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let accepted = Accepted::new(tcp, lifetime);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(accepted)).await {
                     Ok(Ok(tls)) => drop(tx.send(Ok(tls)).await),
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -16,12 +16,40 @@ use crate::domain::command::{
 use crate::domain::names::Namespace;
 use crate::proto::{self, coordinator_server};
 use crate::service::{self, Coordinator};
+use crate::telemetry::Call;
 use std::pin::Pin;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// What the server knows of the connection a request came on (tonic puts it in the
+/// request's extensions): when its streams must end because the connection has aged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connection {
+    /// `max_connection_age + max_connection_age_grace` after the accept; `None` when
+    /// connections never age.
+    pub streams_end: Option<tokio::time::Instant>,
+}
+
+impl Connection {
+    /// The connection of `request`, if the server recorded one (over TLS, tonic records it
+    /// inside the TLS connection's info).
+    pub fn of<T>(request: &Request<T>) -> Connection {
+        let extensions = request.extensions();
+        extensions
+            .get::<Connection>()
+            .or_else(|| {
+                extensions
+                    .get::<tonic::transport::server::TlsConnectInfo<Connection>>()
+                    .map(|tls| tls.get_ref())
+            })
+            .copied()
+            .unwrap_or_default()
+    }
+}
 
 /// The gRPC face of a [`Coordinator`].
 #[derive(Clone)]
@@ -46,7 +74,7 @@ impl CoordinatorService {
     /// May the request's caller make a call that needs `needs` in the namespace it names?
     /// Decided before anything is parsed further or read, so a refusal is the same whether
     /// or not what the call names exists (I12).
-    fn authorize<T: Namespaced>(&self, request: &Request<T>, needs: Role) -> Result<(), Status> {
+    fn authorize<T: Described>(&self, request: &Request<T>, needs: Role) -> Result<(), Status> {
         if !self.auth {
             return Ok(());
         }
@@ -60,156 +88,268 @@ impl CoordinatorService {
     }
 }
 
-/// A request that names its namespace.
-trait Namespaced {
+/// What the request log and the RPC span say of a request besides its method.
+trait Described {
     fn namespace(&self) -> &str;
+    fn request_id(&self) -> &str {
+        ""
+    }
 }
 
-macro_rules! namespaced {
-    ($($request:ident),* $(,)?) => {$(
-        impl Namespaced for proto::$request {
+macro_rules! described {
+    ($($request:ty $(, $id:ident)?;)+) => {$(
+        impl Described for $request {
             fn namespace(&self) -> &str {
                 &self.namespace
             }
+            $(fn request_id(&self) -> &str {
+                &self.$id
+            })?
         }
-    )*};
+    )+};
 }
 
-namespaced!(
-    AcquireLeaseRequest,
-    RenewLeaseRequest,
-    ReleaseLeaseRequest,
-    GetLeaseRequest,
-    DefineMachineRequest,
-    GetMachineRequest,
-    CreateEntityRequest,
-    GetEntityRequest,
-    ListEntitiesRequest,
-    TransitionRequest,
-    AppendEventsRequest,
-    StreamEventsRequest,
-    ListLeasesRequest,
-    ForceReleaseLeaseRequest,
-    ListMachinesRequest,
-    DeleteEntityRequest,
+described!(
+    proto::AcquireLeaseRequest, request_id;
+    proto::RenewLeaseRequest, request_id;
+    proto::ReleaseLeaseRequest, request_id;
+    proto::GetLeaseRequest;
+    proto::DefineMachineRequest;
+    proto::GetMachineRequest;
+    proto::CreateEntityRequest, request_id;
+    proto::GetEntityRequest;
+    proto::ListEntitiesRequest;
+    proto::TransitionRequest, request_id;
+    proto::AppendEventsRequest, request_id;
+    proto::StreamEventsRequest;
+    proto::ListLeasesRequest;
+    proto::ForceReleaseLeaseRequest, request_id;
+    proto::ListMachinesRequest;
+    proto::DeleteEntityRequest, request_id;
 );
 
-/// Parses `request` into a command, runs it, converts the outcome; any error becomes a
-/// status in the one mapping.
-async fn unary<Req, Cmd, Out, Resp, F>(request: Req, run: impl FnOnce(Cmd) -> F) -> Reply<Resp>
+/// Starts observing a request: its metrics, span and log line ([`Call`]).
+fn observe<T: Described>(method: &'static str, request: &Request<T>) -> Call {
+    let body = request.get_ref();
+    Call::start(method, request.metadata(), body.namespace(), body.request_id())
+}
+
+/// Observes `method`, parses its request into a command (`input` takes what it needs of the
+/// request), runs it, converts the outcome; any error becomes a status in the one mapping.
+async fn unary<Req, In, Cmd, Out, Resp, F>(
+    method: &'static str,
+    allowed: Result<(), Status>,
+    request: Request<Req>,
+    input: impl FnOnce(Request<Req>) -> In,
+    run: impl FnOnce(Cmd) -> F,
+) -> Reply<Resp>
 where
-    Cmd: TryFrom<Req, Error = crate::domain::DomainError>,
+    Req: Described,
+    Cmd: TryFrom<In, Error = crate::domain::DomainError>,
     F: Future<Output = Result<Out, service::Error>>,
     Resp: From<Out>,
 {
-    let outcome = async { run(Cmd::try_from(request)?).await }.await;
-    outcome.map(|o| Response::new(Resp::from(o))).map_err(Status::from)
+    let call = observe(method, &request);
+    let reply = match allowed {
+        Err(denied) => Err(denied),
+        Ok(()) => {
+            let outcome = async { run(Cmd::try_from(input(request))?).await }
+                .instrument(call.span().clone())
+                .await;
+            outcome.map(|o| Response::new(Resp::from(o))).map_err(Status::from)
+        }
+    };
+    call.finish(reply.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+    reply
 }
 
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for CoordinatorService {
     async fn acquire_lease(&self, req: Request<proto::AcquireLeaseRequest>) -> Reply<proto::AcquireLeaseResponse> {
-        self.authorize(&req, Role::Write)?;
-        let deadline = req
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse::grpc_timeout);
-        let req = parse::AcquireRequest(req.into_inner(), deadline);
-        unary(req, |cmd: AcquireLease| self.inner.acquire_lease(cmd)).await
+        let input = |req: Request<proto::AcquireLeaseRequest>| {
+            let deadline = req
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse::grpc_timeout);
+            parse::AcquireRequest(req.into_inner(), deadline)
+        };
+        unary(
+            "AcquireLease",
+            self.authorize(&req, Role::Write),
+            req,
+            input,
+            |cmd: AcquireLease| self.inner.acquire_lease(cmd),
+        )
+        .await
     }
 
     async fn renew_lease(&self, req: Request<proto::RenewLeaseRequest>) -> Reply<proto::RenewLeaseResponse> {
-        self.authorize(&req, Role::Write)?;
-        unary(req.into_inner(), |cmd: RenewLease| async {
-            let lease = self.inner.renew_lease(cmd).await?;
-            Ok(proto::RenewLeaseResponse {
-                lease: Some(convert::lease(lease)),
-            })
-        })
+        unary(
+            "RenewLease",
+            self.authorize(&req, Role::Write),
+            req,
+            Request::into_inner,
+            |cmd: RenewLease| async {
+                let lease = self.inner.renew_lease(cmd).await?;
+                Ok(proto::RenewLeaseResponse {
+                    lease: Some(convert::lease(lease)),
+                })
+            },
+        )
         .await
     }
 
     async fn release_lease(&self, req: Request<proto::ReleaseLeaseRequest>) -> Reply<proto::ReleaseLeaseResponse> {
-        self.authorize(&req, Role::Write)?;
-        unary(req.into_inner(), |cmd: ReleaseLease| async {
-            let released = self.inner.release_lease(cmd).await?;
-            Ok(proto::ReleaseLeaseResponse { released })
-        })
+        unary(
+            "ReleaseLease",
+            self.authorize(&req, Role::Write),
+            req,
+            Request::into_inner,
+            |cmd: ReleaseLease| async {
+                let released = self.inner.release_lease(cmd).await?;
+                Ok(proto::ReleaseLeaseResponse { released })
+            },
+        )
         .await
     }
 
     async fn get_lease(&self, req: Request<proto::GetLeaseRequest>) -> Reply<proto::GetLeaseResponse> {
-        self.authorize(&req, Role::Read)?;
-        unary(req.into_inner(), |cmd: GetLease| self.inner.get_lease(cmd)).await
+        unary(
+            "GetLease",
+            self.authorize(&req, Role::Read),
+            req,
+            Request::into_inner,
+            |cmd: GetLease| self.inner.get_lease(cmd),
+        )
+        .await
     }
 
     async fn define_machine(&self, req: Request<proto::DefineMachineRequest>) -> Reply<proto::DefineMachineResponse> {
-        self.authorize(&req, Role::Admin)?;
-        unary(req.into_inner(), |cmd: DefineMachine| self.inner.define_machine(cmd)).await
+        unary(
+            "DefineMachine",
+            self.authorize(&req, Role::Admin),
+            req,
+            Request::into_inner,
+            |cmd: DefineMachine| self.inner.define_machine(cmd),
+        )
+        .await
     }
 
     async fn get_machine(&self, req: Request<proto::GetMachineRequest>) -> Reply<proto::GetMachineResponse> {
-        self.authorize(&req, Role::Read)?;
-        unary(req.into_inner(), |cmd: GetMachine| async {
-            let m = self.inner.get_machine(cmd).await?;
-            Ok(proto::GetMachineResponse {
-                machine: Some(convert::machine(&m)),
-            })
-        })
+        unary(
+            "GetMachine",
+            self.authorize(&req, Role::Read),
+            req,
+            Request::into_inner,
+            |cmd: GetMachine| async {
+                let m = self.inner.get_machine(cmd).await?;
+                Ok(proto::GetMachineResponse {
+                    machine: Some(convert::machine(&m)),
+                })
+            },
+        )
         .await
     }
 
     async fn create_entity(&self, req: Request<proto::CreateEntityRequest>) -> Reply<proto::CreateEntityResponse> {
-        self.authorize(&req, Role::Write)?;
-        unary(req.into_inner(), |cmd: CreateEntity| self.inner.create_entity(cmd)).await
+        unary(
+            "CreateEntity",
+            self.authorize(&req, Role::Write),
+            req,
+            Request::into_inner,
+            |cmd: CreateEntity| self.inner.create_entity(cmd),
+        )
+        .await
     }
 
     async fn get_entity(&self, req: Request<proto::GetEntityRequest>) -> Reply<proto::GetEntityResponse> {
-        self.authorize(&req, Role::Read)?;
-        unary(req.into_inner(), |cmd: GetEntity| async {
-            let e = self.inner.get_entity(cmd).await?;
-            Ok(proto::GetEntityResponse {
-                entity: Some(convert::entity(e)),
-            })
-        })
+        unary(
+            "GetEntity",
+            self.authorize(&req, Role::Read),
+            req,
+            Request::into_inner,
+            |cmd: GetEntity| async {
+                let e = self.inner.get_entity(cmd).await?;
+                Ok(proto::GetEntityResponse {
+                    entity: Some(convert::entity(e)),
+                })
+            },
+        )
         .await
     }
 
     async fn list_entities(&self, req: Request<proto::ListEntitiesRequest>) -> Reply<proto::ListEntitiesResponse> {
-        self.authorize(&req, Role::Read)?;
-        unary(req.into_inner(), |cmd: ListEntities| async {
-            Ok(convert::page(self.inner.list_entities(cmd).await?))
-        })
+        unary(
+            "ListEntities",
+            self.authorize(&req, Role::Read),
+            req,
+            Request::into_inner,
+            |cmd: ListEntities| async { Ok(convert::page(self.inner.list_entities(cmd).await?)) },
+        )
         .await
     }
 
     async fn transition(&self, req: Request<proto::TransitionRequest>) -> Reply<proto::TransitionResponse> {
-        self.authorize(&req, Role::Write)?;
-        unary(req.into_inner(), |cmd: Transition| self.inner.transition(cmd)).await
+        unary(
+            "Transition",
+            self.authorize(&req, Role::Write),
+            req,
+            Request::into_inner,
+            |cmd: Transition| self.inner.transition(cmd),
+        )
+        .await
     }
 
     async fn append_events(&self, req: Request<proto::AppendEventsRequest>) -> Reply<proto::AppendEventsResponse> {
-        self.authorize(&req, Role::Write)?;
-        unary(req.into_inner(), |cmd: AppendEvents| self.inner.append_events(cmd)).await
+        unary(
+            "AppendEvents",
+            self.authorize(&req, Role::Write),
+            req,
+            Request::into_inner,
+            |cmd: AppendEvents| self.inner.append_events(cmd),
+        )
+        .await
     }
 
     type StreamEventsStream = Pin<Box<dyn Stream<Item = Result<proto::StreamEventsResponse, Status>> + Send>>;
 
+    /// The stream is observed until it ends: its code is the one it ends with (OK after
+    /// `final`, UNAVAILABLE on drain or an aged connection), CANCELLED when the client left.
     async fn stream_events(&self, req: Request<proto::StreamEventsRequest>) -> Reply<Self::StreamEventsStream> {
-        self.authorize(&req, Role::Read)?;
-        let served: Response<Served> = unary(req.into_inner(), |cmd: StreamEvents| async {
-            Ok(Served::from(self.inner.stream_events(cmd).await?))
-        })
-        .await?;
-        Ok(served.map(|s| s.0))
+        let call = observe("StreamEvents", &req);
+        if let Err(denied) = self.authorize(&req, Role::Read) {
+            call.finish(denied.code());
+            return Err(denied);
+        }
+        let ends = Connection::of(&req).streams_end;
+        let opened = async {
+            let cmd = StreamEvents::try_from(req.into_inner())?;
+            self.inner.stream_events_until(cmd, ends).await
+        }
+        .instrument(call.span().clone())
+        .await;
+        match opened {
+            Ok(rx) => Ok(Response::new(Box::pin(Observed {
+                items: Served::from(rx).0,
+                call: Some(call),
+            }))),
+            Err(e) => {
+                let status = Status::from(e);
+                call.finish(status.code());
+                Err(status)
+            }
+        }
     }
 
     async fn list_leases(&self, req: Request<proto::ListLeasesRequest>) -> Reply<proto::ListLeasesResponse> {
-        self.authorize(&req, Role::Admin)?;
-        unary(req.into_inner(), |cmd: ListLeases| async {
-            Ok(convert::lease_page(self.inner.list_leases(cmd).await?))
-        })
+        unary(
+            "ListLeases",
+            self.authorize(&req, Role::Admin),
+            req,
+            Request::into_inner,
+            |cmd: ListLeases| async { Ok(convert::lease_page(self.inner.list_leases(cmd).await?)) },
+        )
         .await
     }
 
@@ -217,31 +357,45 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         req: Request<proto::ForceReleaseLeaseRequest>,
     ) -> Reply<proto::ForceReleaseLeaseResponse> {
-        self.authorize(&req, Role::Admin)?;
-        unary(req.into_inner(), |cmd: ForceReleaseLease| async {
-            let ended = self.inner.force_release_lease(cmd).await?;
-            Ok(proto::ForceReleaseLeaseResponse {
-                released: ended.is_some(),
-                lease: ended.map(convert::lease),
-            })
-        })
+        let allowed = self.authorize(&req, Role::Admin);
+        unary(
+            "ForceReleaseLease",
+            allowed,
+            req,
+            Request::into_inner,
+            |cmd: ForceReleaseLease| async {
+                let ended = self.inner.force_release_lease(cmd).await?;
+                Ok(proto::ForceReleaseLeaseResponse {
+                    released: ended.is_some(),
+                    lease: ended.map(convert::lease),
+                })
+            },
+        )
         .await
     }
 
     async fn list_machines(&self, req: Request<proto::ListMachinesRequest>) -> Reply<proto::ListMachinesResponse> {
-        self.authorize(&req, Role::Admin)?;
-        unary(req.into_inner(), |cmd: ListMachines| async {
-            Ok(convert::machine_page(self.inner.list_machines(cmd).await?))
-        })
+        unary(
+            "ListMachines",
+            self.authorize(&req, Role::Admin),
+            req,
+            Request::into_inner,
+            |cmd: ListMachines| async { Ok(convert::machine_page(self.inner.list_machines(cmd).await?)) },
+        )
         .await
     }
 
     async fn delete_entity(&self, req: Request<proto::DeleteEntityRequest>) -> Reply<proto::DeleteEntityResponse> {
-        self.authorize(&req, Role::Admin)?;
-        unary(req.into_inner(), |cmd: DeleteEntity| async {
-            let deleted = self.inner.delete_entity(cmd).await?;
-            Ok(proto::DeleteEntityResponse { deleted })
-        })
+        unary(
+            "DeleteEntity",
+            self.authorize(&req, Role::Admin),
+            req,
+            Request::into_inner,
+            |cmd: DeleteEntity| async {
+                let deleted = self.inner.delete_entity(cmd).await?;
+                Ok(proto::DeleteEntityResponse { deleted })
+            },
+        )
         .await
     }
 }
@@ -257,5 +411,30 @@ impl From<Items> for Served {
             item.map(proto::StreamEventsResponse::from).map_err(Status::from)
         });
         Served(Box::pin(items))
+    }
+}
+
+/// A served stream that finishes its [`Call`] with the code it ends with.
+struct Observed {
+    items: <CoordinatorService as coordinator_server::Coordinator>::StreamEventsStream,
+    call: Option<Call>,
+}
+
+impl Stream for Observed {
+    type Item = Result<proto::StreamEventsResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.items.as_mut().poll_next(cx);
+        let end = match &polled {
+            std::task::Poll::Ready(None) => Some(tonic::Code::Ok),
+            std::task::Poll::Ready(Some(Err(status))) => Some(status.code()),
+            _ => None,
+        };
+        if let Some(code) = end
+            && let Some(call) = self.call.take()
+        {
+            call.finish(code);
+        }
+        polled
     }
 }

@@ -164,6 +164,14 @@ impl From<Error> for Status {
                 let meta: Vec<(&str, String)> = last_seq.map(|s| ("last_seq", s.to_string())).into_iter().collect();
                 status(Code::Unavailable, "SHUTTING_DOWN", msg, &meta)
             }
+            // The reason clients already resume on (the Python and TypeScript clients retry
+            // SHUTTING_DOWN); `cause` tells a connection recycled from a replica draining.
+            Error::ConnectionAged { last_seq } => status(
+                Code::Unavailable,
+                "SHUTTING_DOWN",
+                msg,
+                &[("last_seq", last_seq.to_string()), ("cause", "CONNECTION_AGED".into())],
+            ),
             Error::Conflict(_) => status(Code::Aborted, "MACHINE_CHANGED", msg, &[]),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

@@ -16,6 +16,10 @@ pub enum Error {
     /// The server is draining; `last_seq` tells a stream where to resume.
     #[error("server is shutting down; retry on another replica")]
     ShuttingDown { last_seq: Option<Seq> },
+    /// The stream's connection outlived its age and grace; `last_seq` tells the stream
+    /// where to resume (on a fresh connection, perhaps another replica).
+    #[error("the connection reached its maximum age; resume on a new connection")]
+    ConnectionAged { last_seq: Seq },
     /// A premise changed under the call (its machine was redefined) and retrying inside
     /// the server did not settle it. Nothing was written; the caller may retry.
     #[error("{0}; nothing was written, retry")]

@@ -10,6 +10,7 @@
 use crate::domain::names::{EntityId, LeaseKey, Namespace};
 use crate::domain::tape::{Seq, StoredEvent};
 use crate::storage::{Change, Store};
+use crate::telemetry::names;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, broadcast, watch};
@@ -73,6 +74,7 @@ impl Hub {
                 let change = match changes.recv().await {
                     Ok(c) => c,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
+                        metrics::counter!(names::HUB_LAGGED).increment(n);
                         tracing::warn!(missed = n, "hub lagged behind the change feed; resyncing");
                         Change::Resync
                     }
@@ -110,6 +112,7 @@ impl Hub {
                 }
             }
             Change::Resync => {
+                metrics::counter!(names::HUB_RESYNCS).increment(1);
                 for tape in self.tapes.lock().unwrap_or_else(|p| p.into_inner()).values() {
                     let _ = tape.signals.send(TapeSignal::Resync);
                 }
@@ -153,6 +156,7 @@ impl Hub {
             }
         }
         if behind > 0 {
+            metrics::counter!(names::HUB_MISSED_WAKEUPS).increment(behind as u64);
             tracing::warn!(entities = behind, "missed wake-ups made up from the table");
         }
         Ok(behind)
@@ -212,6 +216,17 @@ impl Hub {
     /// Number of entities with local subscribers (for tests and metrics).
     pub fn subscribed_tapes(&self) -> usize {
         self.tapes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Number of local tape subscribers: one per open event stream (for metrics).
+    pub fn tape_subscribers(&self) -> usize {
+        let tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
+        tapes.values().map(|t| t.signals.receiver_count()).sum()
+    }
+
+    /// Number of lease waiters registered (for metrics).
+    pub fn waiting_for_leases(&self) -> usize {
+        *self.waiting.borrow()
     }
 }
 

@@ -75,8 +75,8 @@ impl Coordinator {
 
     /// GetLease.
     pub async fn get_lease(&self, cmd: GetLease) -> Result<LeaseView> {
-        let row = self.store.lease_row(&cmd.ns, &cmd.key).await?;
-        let now = self.store.now().await?;
+        let row = crate::telemetry::db_read("lease", self.store.lease_row(&cmd.ns, &cmd.key)).await?;
+        let now = crate::telemetry::db_read("now", self.store.now()).await?;
         Ok(LeaseView {
             lease: row.as_ref().and_then(|r| r.live(now)),
             last_token: row.map_or(0, |r| r.token.get()),

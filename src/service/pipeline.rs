@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Span;
 
 /// Most commands in one batch.
 const MAX_BATCH: usize = 512;
@@ -51,9 +52,9 @@ pub struct PipelineStats {
     pub deferred: AtomicU64,
 }
 
-/// A caller waiting for its command's outcome, how often the command was put off, and when
-/// it was handed over.
-type Waiter = (oneshot::Sender<Result<Outcome>>, u32, Instant);
+/// A caller waiting for its command's outcome, how often the command was put off, when it
+/// was handed over, and the caller's span (the parent of its store phases' spans).
+type Waiter = (oneshot::Sender<Result<Outcome>>, u32, Instant, Span);
 
 struct Job {
     command: Command,
@@ -62,6 +63,11 @@ struct Job {
     deferred: u32,
     /// When the caller handed it over.
     submitted: Instant,
+    /// The caller's span, when traces are exported.
+    span: Span,
+    /// The `store.queue` span of the wait for a batch: held, never read; dropping the job
+    /// (its batch has begun) ends it.
+    _queued: Span,
 }
 
 /// The replica's commit lanes.
@@ -111,11 +117,21 @@ impl Pipeline {
         };
         let lane = (command.key() as u64 % self.lanes.len() as u64) as usize;
         let (reply, answer) = oneshot::channel();
+        let span = if crate::telemetry::traces_on() {
+            Span::current()
+        } else {
+            Span::none()
+        };
+        let queued = children(std::slice::from_ref(&span), "store.queue")
+            .pop()
+            .unwrap_or_else(Span::none);
         let job = Job {
             command,
             reply,
             deferred: 0,
             submitted: Instant::now(),
+            span,
+            _queued: queued,
         };
         if self.lanes[lane].send(job).await.is_err() {
             return Err(Error::ShuttingDown { last_seq: None });
@@ -170,12 +186,13 @@ impl Lane {
         // move back.
         let (commands, waiters): (Vec<Command>, Vec<Waiter>) = jobs
             .into_iter()
-            .map(|j| (j.command, (j.reply, j.deferred, j.submitted)))
+            .map(|j| (j.command, (j.reply, j.deferred, j.submitted, j.span)))
             .unzip();
+        let spans: Vec<Span> = waiters.iter().map(|w| w.3.clone()).collect();
         let locks = Lock::union(&commands);
         let mut attempt = 1;
         let decided = loop {
-            match self.attempt(&commands, &locks, wait).await {
+            match self.attempt(&commands, &locks, wait, &spans).await {
                 Err(StoreError::Conflict(why)) if attempt < ATTEMPTS => {
                     tracing::debug!(conflict = %why, attempt, "batch met a change under it; deciding it again");
                     attempt += 1;
@@ -206,7 +223,8 @@ impl Lane {
         metrics::counter!(names::WRITE_DEFERRED).increment(commands.len() as u64 - decided);
         metrics::histogram!(names::WRITE_BATCH_SIZE).record(decided as f64);
         let mut put_off = vec![];
-        for ((command, (reply, deferred, submitted)), outcome) in commands.into_iter().zip(waiters).zip(outcomes) {
+        for ((command, (reply, deferred, submitted, span)), outcome) in commands.into_iter().zip(waiters).zip(outcomes)
+        {
             match outcome {
                 Some(result) => {
                     self.stats.commands.fetch_add(1, Ordering::Relaxed);
@@ -214,11 +232,16 @@ impl Lane {
                 }
                 None => {
                     self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                    let queued = children(std::slice::from_ref(&span), "store.queue")
+                        .pop()
+                        .unwrap_or_else(Span::none);
                     put_off.push(Job {
                         command,
                         reply,
                         deferred: deferred + 1,
                         submitted,
+                        span,
+                        _queued: queued,
                     });
                 }
             }
@@ -234,6 +257,7 @@ impl Lane {
         commands: &[Command],
         locks: &[Lock],
         wait: bool,
+        callers: &[Span],
     ) -> Result<(Vec<Option<Result<Outcome, crate::domain::DomainError>>>, Writes), StoreError> {
         // Machines come from the replica's cache; the commit checks every version used.
         let mut reads = Reads::default();
@@ -244,6 +268,7 @@ impl Lane {
             .machines
             .retain(|(ns, kind)| self.machines.get(ns, kind).is_none());
         let read = Instant::now();
+        let spans = children(callers, "store.read");
         let (mut tx, loaded) = self.store.begin_batch(self.lane, locks, wait, &reads).await?;
         let held: std::collections::HashSet<i64> = locks
             .iter()
@@ -268,7 +293,9 @@ impl Lane {
             }
         }
         phase("read", read.elapsed());
+        drop(spans);
         let decide = Instant::now();
+        let spans = children(callers, "store.decide");
         let mut batch = Batch::new(rows);
         let outcomes: Vec<_> = commands
             .iter()
@@ -276,7 +303,9 @@ impl Lane {
             .collect();
         let writes = batch.finish();
         phase("decide", decide.elapsed());
+        drop(spans);
         let commit = Instant::now();
+        let spans = children(callers, "store.commit");
         tx.commit(&writes).await.inspect_err(|e| {
             if matches!(e, StoreError::Conflict(_)) {
                 // A machine may have changed: read it afresh next time.
@@ -284,6 +313,7 @@ impl Lane {
             }
         })?;
         phase("commit", commit.elapsed());
+        drop(spans);
         Ok((outcomes, writes))
     }
 }
@@ -321,12 +351,24 @@ fn phase(name: &'static str, took: std::time::Duration) {
     metrics::histogram!(names::WRITE_PHASE_SECONDS, "phase" => name).record(took.as_secs_f64());
 }
 
+/// A span named `name` under each caller's span (none when spans are not exported): the
+/// store phases a caller's command went through, in the caller's trace. A batch serves many
+/// callers, so each gets its own copy of the batch's phases.
+fn children(callers: &[Span], name: &'static str) -> Vec<Span> {
+    callers
+        .iter()
+        .filter(|c| !c.is_none())
+        .map(|c| tracing::info_span!(parent: c, "store", otel.name = name))
+        .collect()
+}
+
 /// An error for each caller of a failed batch.
 fn clone_error(e: &Error) -> Error {
     match e {
         Error::Rule(d) => Error::Rule(d.clone()),
         Error::Unavailable(m) => Error::Unavailable(m.clone()),
         Error::ShuttingDown { last_seq } => Error::ShuttingDown { last_seq: *last_seq },
+        Error::ConnectionAged { last_seq } => Error::ConnectionAged { last_seq: *last_seq },
         Error::Conflict(m) => Error::Conflict(m.clone()),
         Error::Internal(m) => Error::Internal(m.clone()),
     }

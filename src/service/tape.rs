@@ -13,6 +13,7 @@ use crate::domain::outcome::{AppendOutcome, Outcome};
 use crate::domain::tape::{Seq, StoredEvent};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 
 /// Events read from the table per query while catching up.
 const PAGE: u32 = 256;
@@ -41,6 +42,17 @@ impl Coordinator {
     /// StreamEvents: checks the entity exists, then feeds a channel from a spawned
     /// subscriber. The channel closes after `final` (OK), or carries one error last.
     pub async fn stream_events(&self, cmd: StreamEvents) -> Result<mpsc::Receiver<Result<StreamItem>>> {
+        self.stream_events_until(cmd, None).await
+    }
+
+    /// [`Coordinator::stream_events`] on a connection whose streams must end at `ends` (it
+    /// has aged): then the stream ends with [`Error::ConnectionAged`] and its last seq, so
+    /// the client resumes on a fresh connection, perhaps another replica's.
+    pub async fn stream_events_until(
+        &self,
+        cmd: StreamEvents,
+        ends: Option<Instant>,
+    ) -> Result<mpsc::Receiver<Result<StreamItem>>> {
         let StreamEvents {
             ns,
             entity_id: id,
@@ -48,9 +60,7 @@ impl Coordinator {
         } = cmd;
         // Subscribe before the first read: nothing committed after it can be missed.
         let sub = self.hub.subscribe_tape(&ns, &id);
-        let entity = self
-            .store
-            .entity(&ns, &id)
+        let entity = crate::telemetry::db_read("entity", self.store.entity(&ns, &id))
             .await?
             .ok_or_else(|| DomainError::NotFound {
                 what: "entity".into(),
@@ -73,7 +83,7 @@ impl Coordinator {
             let done = if entity.final_seq.is_some_and(|f| cursor >= f) {
                 Ok(())
             } else {
-                this.follow(&ns, &id, &mut cursor, &mut sub.rx, &tx).await
+                this.follow(&ns, &id, &mut cursor, &mut sub.rx, &tx, ends).await
             };
             if let Err(e) = done {
                 let _ = tx.send(Err(e)).await;
@@ -89,8 +99,17 @@ impl Coordinator {
         cursor: &mut Seq,
         signals: &mut broadcast::Receiver<TapeSignal>,
         out: &mpsc::Sender<Result<StreamItem>>,
+        ends: Option<Instant>,
     ) -> Result<()> {
         let mut shutdown = self.shutdown.clone();
+        // A connection that never ages: a deadline that never comes.
+        let aged = async move {
+            match ends {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(aged);
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.heartbeat,
             self.config.heartbeat,
@@ -109,10 +128,14 @@ impl Coordinator {
                     .map_err(|_| ())
             }
         };
+        let mut first = true;
         'catch_up: loop {
+            if !std::mem::take(&mut first) {
+                metrics::counter!(crate::telemetry::names::STREAM_CATCHUPS).increment(1);
+            }
             // Replay from the table until we hold everything stored.
             loop {
-                let page = self.store.events(ns, id, *cursor, PAGE).await?;
+                let page = crate::telemetry::db_read("events", self.store.events(ns, id, *cursor, PAGE)).await?;
                 let full = page.len() == PAGE as usize;
                 for ev in page {
                     match send(Arc::new(ev), cursor).await {
@@ -128,6 +151,7 @@ impl Coordinator {
             loop {
                 tokio::select! {
                     _ = super::raised(&mut shutdown) => return Err(Error::ShuttingDown { last_seq: Some(*cursor) }),
+                    _ = &mut aged => return Err(Error::ConnectionAged { last_seq: *cursor }),
                     _ = out.closed() => return Ok(()),
                     _ = heartbeat.tick() => {
                         // (A missed wake-up is made up by the hub's sweep, once per entity.)

@@ -100,6 +100,15 @@ pub struct MachineRow {
     pub defined_at: Timestamp,
 }
 
+/// Database connections of a store at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Connections {
+    /// Open connections.
+    pub open: usize,
+    /// Of those, connections a call is using.
+    pub in_use: usize,
+}
+
 /// What the first round trip of a write batch found.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
@@ -181,6 +190,11 @@ pub trait Store: Send + Sync + 'static {
     fn announce(&self, changes: Vec<Change>);
     /// Database round trips made by write batches so far (tests and metrics count them).
     fn round_trips(&self) -> u64;
+    /// The store's open database connections, and how many of them a call is using now
+    /// (metrics read it at each scrape).
+    fn connections(&self) -> Connections {
+        Connections::default()
+    }
     /// Store time now.
     async fn now(&self) -> Result<Timestamp>;
     /// Answers when the database does.

@@ -350,6 +350,18 @@ pub async fn read_tape(c: &mut CoordinatorClient<Channel>, id: &str) -> Vec<prot
     events
 }
 
+/// Opens a stream of `id`'s events after `after`, panicking on errors.
+pub async fn open_stream(c: &mut Client, id: &str, after: u64) -> tonic::Streaming<proto::StreamEventsResponse> {
+    c.stream_events(proto::StreamEventsRequest {
+        namespace: NS.into(),
+        entity_id: id.into(),
+        after_seq: after,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("stream {id}: {e:?}"))
+    .into_inner()
+}
+
 /// Reads a stream to its end: the events, and how it ended (Ok or the status).
 pub async fn collect_stream(c: &mut Client, id: &str, after: u64) -> (Vec<proto::Event>, Result<(), Status>) {
     collect_stream_reporting(c, id, after, None).await

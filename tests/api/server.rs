@@ -25,8 +25,8 @@ async fn channel(baton: &ServeProcess) -> Channel {
     Channel::from_shared(baton.url()).unwrap().connect().await.unwrap()
 }
 
-/// The binary serves health (SERVING) and reflection (lists baton.v1.Coordinator and its
-/// methods with no proto file) on both backends.
+/// The binary serves health (SERVING) and reflection, v1 and v1alpha (lists
+/// baton.v1.Coordinator and its methods with no proto file) on both backends.
 async fn health_and_reflection(backend: Backend) {
     let db = TestDb::new(backend).await;
     let baton = spawn(&db.url, &[]);
@@ -46,7 +46,7 @@ async fn health_and_reflection(backend: Backend) {
             "{service:?}"
         );
     }
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::new(channel.clone());
     let asks = [
         MessageRequest::ListServices(String::new()),
         MessageRequest::FileContainingSymbol("baton.v1.Coordinator".into()),
@@ -93,6 +93,28 @@ async fn health_and_reflection(backend: Backend) {
         "DeleteEntity",
     ];
     assert_eq!(methods, expected);
+
+    // v1alpha too: grpcio's reflection client, older grpcurl and Postman speak only it.
+    use tonic_reflection::pb::v1alpha;
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let ask = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = alpha
+        .server_reflection_info(tokio_stream::iter([ask]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha list")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"baton.v1.Coordinator"), "{names:?}");
 }
 
 /// SIGTERM: an open stream ends with UNAVAILABLE (so the client resumes elsewhere), new

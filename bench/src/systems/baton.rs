@@ -310,9 +310,17 @@ impl Baton {
     }
 
     async fn scrape(&mut self, scenario: Scenario, clients: u32) -> Option<Counters> {
-        match self.metrics.as_ref()?.scrape().await {
+        let cpu = || self.server_pid.and_then(|pid| crate::server::cpu_seconds(pid).ok());
+        let Some(metrics) = self.metrics.as_ref() else {
+            // A server without metrics still has a CPU time.
+            return cpu().map(|cpu| Counters {
+                cpu_seconds: Some(cpu),
+                ..Counters::default()
+            });
+        };
+        match metrics.scrape().await {
             Ok(mut c) => {
-                c.cpu_seconds = self.server_pid.and_then(|pid| crate::server::cpu_seconds(pid).ok());
+                c.cpu_seconds = cpu();
                 Some(c)
             }
             Err(e) => {

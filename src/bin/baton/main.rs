@@ -14,7 +14,7 @@ mod output;
 mod serve;
 mod token;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use output::Output;
 use std::process::ExitCode;
 
@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the server (SQLite file baton.db on 127.0.0.1:50051 by default).
-    Serve(baton::app::Settings),
+    Serve(serve::ServeArgs),
     /// Leases with fencing tokens.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
@@ -76,7 +76,8 @@ impl Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -87,7 +88,10 @@ fn main() -> ExitCode {
     let output = cli.command.output();
     runtime.block_on(async move {
         let outcome = match cli.command {
-            Command::Serve(settings) => return serve::run(settings).await,
+            Command::Serve(args) => {
+                let serve = matches.subcommand_matches("serve").cloned().unwrap_or_default();
+                return serve::run(args, &serve).await;
+            }
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
                 return ExitCode::SUCCESS;

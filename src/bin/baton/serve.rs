@@ -1,14 +1,48 @@
-//! `baton serve`: logging, then the library's `Application` until SIGINT/SIGTERM.
+//! `baton serve`: settings (defaults < `--config` file < environment < flags), logging and
+//! tracing, then the library's `Application` until SIGINT/SIGTERM.
 
 use baton::app::{Application, LogFormat, Settings};
+use baton::telemetry::Telemetry;
+use clap::{ArgMatches, Args};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `baton serve`'s arguments: the settings, and where else to read them from.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub settings: Settings,
+    /// A TOML file of settings (keys: the flags' names with `_` for `-`, e.g.
+    /// `database_url`); the environment and flags override it.
+    #[arg(long, env = "BATON_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (passwords redacted) as TOML, each value's origin
+    /// in a comment, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
 /// Starts the server; exit 1 with one line on stderr when it cannot start.
-pub async fn run(settings: Settings) -> ExitCode {
-    if let Err(e) = init_logging(settings.log_format, &settings.log_level) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+pub async fn run(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
+    let resolved = match Settings::resolve(matches, args.config.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.print_config {
+        print!("{}", resolved.to_toml());
+        return ExitCode::SUCCESS;
     }
+    let settings = resolved.settings;
+    let telemetry = match Telemetry::init(settings.log_format == LogFormat::Json, &settings.log_level) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -16,26 +50,15 @@ pub async fn run(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run_until_stopped(shutdown_signal()).await {
+    let served = app.run_until_stopped(shutdown_signal()).await;
+    telemetry.shutdown().await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("bad --log-level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

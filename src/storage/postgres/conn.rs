@@ -110,6 +110,18 @@ impl Slot {
         Ok(conn)
     }
 
+    /// Whether the slot has an open connection, and whether a call holds it now (a slot
+    /// being (re)opened counts as open and in use).
+    pub fn state(&self) -> (bool, bool) {
+        match self.0.try_lock() {
+            Err(_) => (true, true),
+            Ok(slot) => match slot.as_ref() {
+                Some(conn) if !conn.client.is_closed() => (true, Arc::strong_count(conn) > 1),
+                _ => (false, false),
+            },
+        }
+    }
+
     /// Drops the slot's connection.
     pub async fn clear(&self) {
         self.0.lock().await.take();

@@ -370,6 +370,21 @@ impl Store for PgStore {
         self.round_trips.load(Ordering::Relaxed)
     }
 
+    fn connections(&self) -> super::Connections {
+        let slots = self
+            .lanes
+            .iter()
+            .map(|(s, _)| s)
+            .chain(&self.readers)
+            .chain([&self.define]);
+        slots.fold(super::Connections::default(), |mut c, slot| {
+            let (open, in_use) = slot.state();
+            c.open += usize::from(open);
+            c.in_use += usize::from(in_use);
+            c
+        })
+    }
+
     async fn now(&self) -> Result<Timestamp> {
         let conn = self.reader().await?;
         let row = conn.client.query_one(&conn.q.now, &[&self.clock.skew_micros()]).await?;

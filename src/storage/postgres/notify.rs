@@ -182,6 +182,9 @@ pub async fn notifier(config: Config, slot: Slot, mut queued: mpsc::UnboundedRec
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        if sent.is_ok() {
+            metrics::counter!(crate::telemetry::names::NOTIFICATIONS_SENT).increment(payloads.len() as u64);
+        }
         if let Err(e) = sent {
             // The other replicas may have missed these: ask them to re-read (this replica
             // delivered them itself). If even that fails, their heartbeat sweeps will.
@@ -269,7 +272,10 @@ pub async fn listen(
                     // Our own: delivered at commit already; skipped without parsing.
                     Some(n) if n.payload().starts_with(own.as_str()) => {}
                     Some(n) => match n.payload().get(own.len()..).and_then(|p| decode(n.channel(), p)) {
-                        Some(change) => { let _ = changes.send(change); }
+                        Some(change) => {
+                            metrics::counter!(crate::telemetry::names::NOTIFICATIONS_RECEIVED).increment(1);
+                            let _ = changes.send(change);
+                        }
                         None => tracing::warn!(channel = n.channel(), "undecodable notification"),
                     },
                     None => {

@@ -244,6 +244,16 @@ impl Store for SqliteStore {
         self.round_trips.load(Ordering::Relaxed)
     }
 
+    fn connections(&self) -> super::Connections {
+        let pools = [&self.write_pool, &self.read_pool];
+        let open: usize = pools.iter().map(|p| p.size() as usize).sum();
+        let idle: usize = pools.iter().map(|p| p.num_idle()).sum();
+        super::Connections {
+            open,
+            in_use: open.saturating_sub(idle),
+        }
+    }
+
     async fn now(&self) -> Result<Timestamp> {
         Ok(self.clock.now())
     }
