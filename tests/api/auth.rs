@@ -20,10 +20,10 @@ use tonic::{Code, Request, Status};
 
 /// A test CA, a server certificate for localhost / 127.0.0.1 and a client certificate
 /// for `worker-1`, as PEM files.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
-    ca: String,
-    client: (String, String),
+    pub(crate) ca: String,
+    pub(crate) client: (String, String),
 }
 
 fn issue(params: &mut CertificateParams, issuer: &Issuer<'_, KeyPair>) -> (String, String) {
@@ -49,7 +49,7 @@ fn server_cert(issuer: &Issuer<'_, KeyPair>) -> (String, String) {
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (ca_pem, issuer) = ca("baton test CA");
         let (cert, key) = server_cert(&issuer);
@@ -67,7 +67,7 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }
@@ -122,7 +122,7 @@ struct Tokens {
     old: String,
 }
 
-fn entry(subject: &str, secret: &str, role: &str, ns: &[&str], expires: Option<&str>) -> String {
+pub(crate) fn entry(subject: &str, secret: &str, role: &str, ns: &[&str], expires: Option<&str>) -> String {
     let role = role.parse().unwrap();
     let ns: Vec<String> = ns.iter().map(|s| s.to_string()).collect();
     baton::auth::grants::token_entry(subject, secret, role, &ns, expires.map(str::to_string)).unwrap()

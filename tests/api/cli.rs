@@ -283,23 +283,17 @@ fn assert_tape(lines: &[Value], after: u64, last: u64) {
     assert_eq!(finals, [lines.len() - 1], "one final, last: {lines:?}");
 }
 
-/// `https://` is refused before any connection (exit 2, one line naming `--addr`), never
-/// sent as plaintext; so are other malformed addresses.
+/// Addresses that cannot work are usage errors (exit 2, one line naming `--addr`) before
+/// any connection; so are TLS files with an http:// address.
 #[tokio::test]
 async fn addresses_that_cannot_work_are_usage_errors_before_any_connection() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let https = format!("https://127.0.0.1:{port}");
-    let ran = baton(&["entity", "get", "x", "--addr", &https]).await;
+    let http = format!("http://127.0.0.1:{port}");
+    let ran = baton(&["entity", "get", "x", "--addr", &http, "--ca-file", "ca.pem"]).await;
     assert_eq!(ran.code, Some(2), "{ran:?}");
-    assert_eq!(
-        ran.error_line(),
-        format!("error: --addr \"{https}\": TLS is not supported by this CLI yet; use http:// on a trusted network")
-    );
-    let ran = baton(&["tail", "x", "--addr", &https, "--json"]).await;
-    assert_eq!(ran.code, Some(2), "{ran:?}");
-    assert!(ran.json_error()["message"].as_str().unwrap().contains("TLS"), "{ran:?}");
+    assert!(ran.error_line().contains("need an https:// address"), "{ran:?}");
     let accepted = listener.accept();
     assert!(
         matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
@@ -454,7 +448,127 @@ async fn the_admin_commands(backend: Backend) {
     assert_eq!(gone.json_error()["reason"], "ENTITY_NOT_FOUND");
 }
 
+/// The CLI against a server with TLS and tokens: `https://` with `--ca-file` and
+/// `--auth-token` (or `BATON_TOKEN`) works; no token is UNAUTHENTICATED; a client certificate
+/// (`--cert-file`, `--key-file`) stands for its caller; plaintext to the TLS port fails
+/// cleanly, never hangs.
+async fn the_cli_over_tls_with_tokens(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pki = crate::auth::Pki::new();
+    let secret = baton::auth::grants::new_secret().unwrap();
+    let tokens = crate::auth::entry("ops", &secret, "admin", &[NS], None)
+        + "[[identity]]\nsubject = \"worker-1\"\nrole = \"write\"\nnamespaces = [\"test\"]\n";
+    std::fs::write(pki.path("tokens.toml"), tokens).unwrap();
+    std::fs::write(pki.path("client.pem"), &pki.client.0).unwrap();
+    std::fs::write(pki.path("client.key"), &pki.client.1).unwrap();
+    let path = |n: &str| pki.path(n).display().to_string();
+    let extra = [
+        "--tls-cert".to_string(),
+        path("server.pem"),
+        "--tls-key".into(),
+        path("server.key"),
+        "--tls-client-ca".into(),
+        path("ca.pem"),
+        "--auth-tokens".into(),
+        path("tokens.toml"),
+    ];
+    let url = db.url.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        ServeProcess::spawn_at(Path::new(BIN), SocketAddr::from(([127, 0, 0, 1], 0)), &url, &extra)
+    })
+    .await
+    .unwrap()
+    .expect("baton serves TLS");
+    let https = format!("https://localhost:{}", server.addr().port());
+    let cli = Cli { addr: https.clone() };
+    let ca = path("ca.pem");
+    // mTLS: the client certificate is required; with it and a token, the token's caller.
+    let with_cert = [
+        "--ca-file",
+        &ca,
+        "--cert-file",
+        &path("client.pem"),
+        "--key-file",
+        &path("client.key"),
+    ];
+    let apply = [
+        &[
+            "machine",
+            "apply",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/machines.toml"),
+            "--auth-token",
+            &secret,
+        ][..],
+        &with_cert,
+    ]
+    .concat();
+    cli.ok(&apply).await;
+    // The certificate alone: worker-1 writes.
+    let create = [&["entity", "create", "task", "--id", "t-1", "--json"][..], &with_cert].concat();
+    assert_eq!(cli.ok(&create).await.json_lines()[0]["created"], true);
+    // worker-1 is no admin.
+    let denied = cli
+        .run(&[&["admin", "machines", "--json"][..], &with_cert].concat())
+        .await;
+    assert_eq!(denied.code, Some(1), "{denied:?}");
+    assert_eq!(denied.json_error()["reason"], "PERMISSION_DENIED");
+    // Without a client certificate the TLS handshake fails: an error, not a hang.
+    let no_cert = cli
+        .run(&["entity", "get", "t-1", "--ca-file", &ca, "--auth-token", &secret])
+        .await;
+    assert_eq!(no_cert.code, Some(1), "{no_cert:?}");
+    // Plaintext to the TLS port fails cleanly.
+    let plain = Cli {
+        addr: format!("http://127.0.0.1:{}", server.addr().port()),
+    };
+    let ran = plain.run(&["entity", "get", "t-1"]).await;
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    drop(server);
+
+    // Tokens without mTLS, on a second server.
+    let url = db.url.clone();
+    let extra = [
+        "--tls-cert".to_string(),
+        path("server.pem"),
+        "--tls-key".into(),
+        path("server.key"),
+        "--auth-tokens".into(),
+        path("tokens.toml"),
+    ];
+    let server = tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        ServeProcess::spawn_at(Path::new(BIN), SocketAddr::from(([127, 0, 0, 1], 0)), &url, &extra)
+    })
+    .await
+    .unwrap()
+    .expect("baton serves TLS");
+    let cli = Cli {
+        addr: format!("https://localhost:{}", server.addr().port()),
+    };
+    let got = cli
+        .ok(&[
+            "entity",
+            "get",
+            "t-1",
+            "--ca-file",
+            &ca,
+            "--auth-token",
+            &secret,
+            "--json",
+        ])
+        .await;
+    assert_eq!(got.json_lines()[0]["entity"]["state"], "pending");
+    let anonymous = cli.run(&["entity", "get", "t-1", "--ca-file", &ca, "--json"]).await;
+    assert_eq!(anonymous.code, Some(1));
+    assert_eq!(anonymous.json_error()["reason"], "UNAUTHENTICATED");
+    // Without --ca-file the system's CAs do not know the test CA.
+    let untrusted = cli.run(&["entity", "get", "t-1", "--auth-token", &secret]).await;
+    assert_eq!(untrusted.code, Some(1), "{untrusted:?}");
+}
+
 crate::both_backends!(
+    the_cli_over_tls_with_tokens,
     the_admin_commands,
     the_cli_over_a_real_server,
     tail_resumes_after_sigkill,

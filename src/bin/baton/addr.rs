@@ -1,17 +1,18 @@
 //! `--addr`: where a client command calls, parsed once at the edge. `host:port`,
-//! `[v6]:port` and `http://…` are accepted (no scheme means `http://`). `https://` is
-//! refused: this CLI has no TLS yet, and sending plaintext to an address the user marked
-//! as TLS would be worse than failing.
+//! `[v6]:port`, `http://…` and `https://…` are accepted (no scheme means `http://`);
+//! `https://` means TLS, always: never plaintext to an address the user marked as TLS.
 
 use std::fmt;
 use std::net::Ipv6Addr;
 
-/// A server address the CLI can reach: plaintext HTTP/2 to `host:port`.
+/// A server address the CLI can reach: HTTP/2 to `host:port`, over TLS or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Addr {
     /// A name, an IPv4 address, or an IPv6 address in brackets.
     host: String,
     port: u16,
+    /// `https://`.
+    pub tls: bool,
 }
 
 /// The longest DNS name.
@@ -24,17 +25,13 @@ impl Addr {
     /// Parses `--addr`; the error is one line naming `--addr` and quoting the value.
     pub fn parse(value: &str) -> Result<Addr, String> {
         let refuse = |why: String| format!("--addr {}: {why}", quote(value));
-        let rest = match value.split_once("://") {
-            None => value,
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(refuse(
-                    "TLS is not supported by this CLI yet; use http:// on a trusted network".into(),
-                ));
-            }
+        let (rest, tls) = match value.split_once("://") {
+            None => (value, false),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (rest, false),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (rest, true),
             Some((scheme, _)) => {
                 return Err(refuse(format!(
-                    "unsupported scheme {}; use host:port or http://host:port",
+                    "unsupported scheme {}; use host:port, http://host:port or https://host:port",
                     quote(scheme)
                 )));
             }
@@ -85,12 +82,19 @@ impl Addr {
         Ok(Addr {
             host: host.to_string(),
             port,
+            tls,
         })
     }
 
     /// The URI to connect to.
     pub fn uri(&self) -> String {
-        format!("http://{self}")
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{self}")
+    }
+
+    /// The host, as TLS checks the server's certificate against it (no brackets).
+    pub fn host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
@@ -143,9 +147,12 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_not_sent_as_plaintext() {
-        refused("https://baton.example.com:443", "TLS is not supported");
-        refused("HTTPS://127.0.0.1:50051", "TLS is not supported");
+    fn https_means_tls() {
+        ok("https://baton.example.com:443", "https://baton.example.com:443");
+        ok("HTTPS://127.0.0.1:50051/", "https://127.0.0.1:50051");
+        assert!(Addr::parse("https://[::1]:1").unwrap().tls);
+        assert_eq!(Addr::parse("https://[::1]:1").unwrap().host(), "::1");
+        assert!(!Addr::parse("127.0.0.1:1").unwrap().tls);
     }
 
     #[test]

@@ -9,7 +9,26 @@ use clap::Args;
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The client every command uses: a channel that sends the bearer token, if any.
+pub type Client = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+
+/// Puts `authorization: Bearer …` on every call when there is a token.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// A client command's result: its exit code, or why it failed.
 pub type Outcome = Result<ExitCode, Failure>;
@@ -17,10 +36,23 @@ pub type Outcome = Result<ExitCode, Failure>;
 /// Where and how to call.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// Server address: HOST:PORT, [IPV6]:PORT or http://HOST:PORT (https:// is refused:
-    /// this CLI has no TLS yet).
+    /// Server address: HOST:PORT, [IPV6]:PORT, http://HOST:PORT, or https://HOST:PORT for
+    /// TLS (checked against the system's CAs, or --ca-file).
     #[arg(long, env = "BATON_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// Bearer token for a server with authentication (sent as `authorization: Bearer …`;
+    /// `baton token create` makes one).
+    #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// CA certificates (PEM) to check an https:// server against, instead of the system's.
+    #[arg(long, env = "BATON_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present (mTLS), with --key-file.
+    #[arg(long, env = "BATON_CERT_FILE", requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "BATON_KEY_FILE", requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
     /// Namespace to work in.
     #[arg(long, short = 'n', env = "BATON_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -65,7 +97,7 @@ pub trait Rpc {
     /// The response message.
     type Reply;
     /// Calls the RPC.
-    async fn call(self, c: &mut CoordinatorClient<Channel>) -> Result<tonic::Response<Self::Reply>, tonic::Status>;
+    async fn call(self, c: &mut Client) -> Result<tonic::Response<Self::Reply>, tonic::Status>;
 }
 
 macro_rules! rpcs {
@@ -74,7 +106,7 @@ macro_rules! rpcs {
             type Reply = proto::$reply;
             async fn call(
                 self,
-                c: &mut CoordinatorClient<Channel>,
+                c: &mut Client,
             ) -> Result<tonic::Response<proto::$reply>, tonic::Status> {
                 c.$method(self).await
             }
@@ -108,10 +140,21 @@ impl Conn {
     }
 
     /// A client on a new connection to `--addr`.
-    pub async fn client(&self) -> Result<CoordinatorClient<Channel>, Failure> {
+    pub async fn client(&self) -> Result<Client, Failure> {
         let addr = Addr::parse(&self.addr).map_err(Failure::usage)?;
-        let channel = Endpoint::from_shared(addr.uri())
-            .map_err(|e| Failure::usage(format!("--addr {addr}: {e}")))?
+        let mut endpoint =
+            Endpoint::from_shared(addr.uri()).map_err(|e| Failure::usage(format!("--addr {addr}: {e}")))?;
+        if addr.tls {
+            endpoint = endpoint
+                .tls_config(self.tls(&addr).map_err(Failure::usage)?)
+                .map_err(|e| Failure::usage(format!("TLS: {}", causes(&e))))?;
+        } else if self.ca_file.is_some() || self.cert_file.is_some() {
+            return Err(Failure::usage(format!(
+                "--ca-file and --cert-file need an https:// address, not {}",
+                addr.uri()
+            )));
+        }
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE)
@@ -120,8 +163,33 @@ impl Conn {
             .keep_alive_while_idle(true)
             .connect()
             .await
-            .map_err(|e| Failure::unreachable(format!("cannot reach baton at {addr}: {}", causes(&e))))?;
-        Ok(CoordinatorClient::new(channel))
+            .map_err(|e| Failure::unreachable(format!("cannot reach baton at {}: {}", addr.uri(), causes(&e))))?;
+        let token = match &self.auth_token {
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| Failure::usage("--auth-token: not a valid header value".into()))?,
+            ),
+            None => None,
+        };
+        Ok(CoordinatorClient::with_interceptor(channel, Bearer(token)))
+    }
+
+    /// TLS settings for an https:// address: the CA file or the system's CAs, and the
+    /// client certificate when given.
+    fn tls(&self, addr: &Addr) -> Result<ClientTlsConfig, String> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new().domain_name(addr.host());
+        tls = match &self.ca_file {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--ca-file", ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            tls = tls.identity(Identity::from_pem(read("--cert-file", cert)?, read("--key-file", key)?));
+        }
+        Ok(tls)
     }
 
     /// The namespace, as requests carry it.

@@ -60,7 +60,7 @@ pub async fn run(cmd: TokenCmd) -> Outcome {
     match output {
         Output::Json => println!("{}", json!({ "secret": secret, "entry": entry })),
         Output::Table => println!(
-            "# The secret, shown once: give it to {subject} (BATON_TOKEN, or --token).\n{secret}\n\n# Add to the tokens file (--auth-tokens); the server reads it again on change.\n{entry}"
+            "# The secret, shown once: give it to {subject} (BATON_TOKEN, or --auth-token).\n{secret}\n\n# Add to the tokens file (--auth-tokens); the server reads it again on change.\n{entry}"
         ),
     }
     Ok(ExitCode::SUCCESS)
