@@ -65,6 +65,23 @@ impl Extractor for Metadata<'_> {
     }
 }
 
+/// Longest value of a request field a log line or span carries.
+const LOGGED_MAX: usize = 128;
+
+/// A request's value as a log line may carry it: the request is not validated yet, so at
+/// most [`LOGGED_MAX`] characters, control characters (a forged log line) as `?`.
+fn loggable(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .take(LOGGED_MAX)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if value.chars().nth(LOGGED_MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// What the request log line says besides method, code and latency; kept only when the
 /// line will be written.
 struct Logged {
@@ -93,7 +110,7 @@ impl Call {
                 rpc.system = "grpc",
                 rpc.service = "baton.v1.Coordinator",
                 rpc.method = method,
-                namespace,
+                namespace = loggable(namespace),
                 rpc.grpc.status_code = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
             );
@@ -104,16 +121,15 @@ impl Call {
             Span::none()
         };
         let logged = tracing::enabled!(target: "baton::request", tracing::Level::INFO).then(|| Logged {
-            namespace: namespace.to_string(),
-            request_id: if request_id.is_empty() {
+            namespace: loggable(namespace),
+            request_id: loggable(if request_id.is_empty() {
                 metadata
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
-                    .to_string()
             } else {
-                request_id.to_string()
-            },
+                request_id
+            }),
         });
         Self {
             method,
@@ -168,5 +184,18 @@ impl Drop for Call {
     /// A call dropped before it finished: its caller went away (tonic drops the handler).
     fn drop(&mut self) {
         self.record(Code::Cancelled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_values_are_logged_short_and_on_one_line() {
+        assert_eq!(loggable("prod"), "prod");
+        assert_eq!(loggable("a\nINFO forged"), "a?INFO forged");
+        let long = loggable(&"x".repeat(10_000));
+        assert_eq!(long.chars().count(), LOGGED_MAX + 1);
     }
 }
