@@ -69,8 +69,8 @@ fn start_error(redacted: &str, tls: &tls::Tls, e: tokio_postgres::Error) -> Stor
     let hint = if conn::is_tls_failure(&e) {
         // Its message says what was checked and what to change.
         ""
-    } else if e.to_string() == "error performing TLS handshake" {
-        // The server answered that it does not do TLS.
+    } else if conn::describe_pg(&e).ends_with("server does not support TLS") {
+        // tokio-postgres's words when the server answers the TLS request with "no".
         " (sslmode=require and the verify modes need a server with ssl = on)"
     } else if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
         && tls.mode() == tls::SslMode::Disable
