@@ -1,7 +1,9 @@
 //! `baton serve` as a child process, for whoever drives a real server from outside: the
 //! bench, the process-level tests, an embedder's own test suite. The child listens on a
 //! port the OS picks and logs its address in its first JSON line ("baton serving"), which is
-//! read here — no port race and no sleep. Signals go to the child's pid only.
+//! read here — no port race and no sleep. Signals go to the child's pid only. Also the
+//! databases and Postgres servers such a child is started on ([`TempDatabase`],
+//! [`TempPostgres`]).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -356,6 +358,231 @@ impl Drop for TempDatabase {
                 .join();
             }
         }
+    }
+}
+
+/// A Postgres server of the caller's own, for tests that configure it (TLS, `pg_hba.conf`)
+/// or crash it: `initdb` into a temporary directory, started on a free loopback port and on
+/// a Unix socket in that directory, so the machine's shared Postgres is never touched.
+/// Dropping it stops it (`pg_ctl stop`, by its data directory) and deletes the directory.
+pub struct TempPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+/// The directory of `initdb` and `pg_ctl` (Debian keeps them out of PATH).
+fn postgres_bin_dir() -> Result<PathBuf, String> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").is_file() {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| "no initdb and pg_ctl found (Debian: apt-get install postgresql)".to_string())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+impl TempPostgres {
+    /// `initdb` (superuser `postgres`, trust authentication) without starting the server, so
+    /// the caller can configure it first ([`TempPostgres::write_file`],
+    /// [`TempPostgres::configure`]), then [`TempPostgres::start`].
+    pub fn init() -> Result<Self, String> {
+        let bin = postgres_bin_dir()?;
+        let dir = std::env::temp_dir().join(format!("baton-pg-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // A free port, by binding and letting go (the window is a few milliseconds).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free loopback port: {e}"))?
+            .port();
+        // From here on, dropping it cleans up.
+        let pg = Self { dir, bin, port };
+        pg.give_to_postgres(&pg.dir)?;
+        let data = pg.data_dir().to_string_lossy().into_owned();
+        let args = ["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8"].map(str::to_string);
+        pg.run("initdb", &args, false)?;
+        Ok(pg)
+    }
+
+    /// [`TempPostgres::init`] and [`TempPostgres::start`], for a server as `initdb` makes it.
+    pub fn start_default() -> Result<Self, String> {
+        let pg = Self::init()?;
+        pg.start()?;
+        Ok(pg)
+    }
+
+    /// The data directory, where `postgresql.conf`, `pg_hba.conf` and any file
+    /// [`TempPostgres::write_file`] wrote are.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Writes (or replaces) a file of the data directory, owned by the server's user and
+    /// readable by it alone, as Postgres requires of a private key.
+    pub fn write_file(&self, name: &str, contents: &str) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+        self.give_to_postgres(&path)
+    }
+
+    /// Appends settings (lines of `postgresql.conf`) to the configuration.
+    pub fn configure(&self, lines: &str) -> Result<(), String> {
+        let path = self.data_dir().join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        conf.push('\n');
+        conf.push_str(lines);
+        conf.push('\n');
+        self.write_file("postgresql.conf", &conf)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) -> Result<(), String> {
+        self.ctl(&["start"])
+    }
+
+    /// Kills the server (no shutdown checkpoint, as a crash would) and starts it again; it
+    /// recovers from its WAL.
+    pub fn restart_immediately(&self) -> Result<(), String> {
+        self.ctl(&["-m", "immediate", "restart"])
+    }
+
+    /// The server's TCP address (127.0.0.1 and its port).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A URL for `database` as the superuser at `addr` (the server itself, or a proxy in
+    /// front of it).
+    pub fn url_at(addr: SocketAddr, database: &str) -> String {
+        format!("postgres://postgres@{addr}/{database}")
+    }
+
+    /// Options that reach `database` as the superuser over the server's Unix socket, which
+    /// `initdb` trusts whatever `pg_hba.conf` says of TCP: for the test's own look at the
+    /// server.
+    pub fn socket_options(&self, database: &str) -> sqlx::postgres::PgConnectOptions {
+        sqlx::postgres::PgConnectOptions::new_without_pgpass()
+            .socket(&self.dir)
+            .port(self.port)
+            .username("postgres")
+            .database(database)
+            .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    }
+
+    /// Creates an empty database.
+    pub async fn create_database(&self, name: &str) -> Result<(), String> {
+        use sqlx::ConnectOptions;
+        let mut conn = self
+            .socket_options("postgres")
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to the server in {}: {e}", self.dir.display()))?;
+        // The name is the caller's own, never request data.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("cannot create database {name}: {e}"))?;
+        Ok(())
+    }
+
+    /// Runs pg_ctl on this server. The server it starts logs to a file: with its output on
+    /// our pipes it would hold them open, and waiting for pg_ctl would never end.
+    fn ctl(&self, args: &[&str]) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let mut all = vec![
+            "-D".to_string(),
+            self.data_dir().to_string_lossy().into_owned(),
+            "-l".to_string(),
+            self.dir.join("log").to_string_lossy().into_owned(),
+            "-w".to_string(),
+            "-o".to_string(),
+            options,
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        self.run("pg_ctl", &all, true)
+    }
+
+    /// Runs a Postgres tool, as the `postgres` user when we are root (initdb refuses root);
+    /// on failure the error carries its output, and the server's log when `log` is set.
+    fn run(&self, tool: &str, args: &[String], log: bool) -> Result<(), String> {
+        let exe = self.bin.join(tool);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let out = command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {tool}: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let server_log = if log {
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Err(format!(
+            "{tool} {args:?} failed: {}{}{server_log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    /// Makes the server's user own `path` when we are root (the server runs as `postgres`).
+    fn give_to_postgres(&self, path: &Path) -> Result<(), String> {
+        if !is_root() {
+            return Ok(());
+        }
+        let ok = Command::new("chown")
+            .arg("postgres")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("cannot chown {} to postgres", path.display()))
+        }
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        let data = self.data_dir().to_string_lossy().into_owned();
+        let stop = ["-D", &data, "-m", "immediate", "stop"].map(str::to_string);
+        let _ = self.run("pg_ctl", &stop, false);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

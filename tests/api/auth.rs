@@ -26,13 +26,13 @@ pub(crate) struct Pki {
     pub(crate) client: (String, String),
 }
 
-fn issue(params: &mut CertificateParams, issuer: &Issuer<'_, KeyPair>) -> (String, String) {
+pub(crate) fn issue(params: &mut CertificateParams, issuer: &Issuer<'_, KeyPair>) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
 
-fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
+pub(crate) fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
     let mut params = CertificateParams::new(vec![]).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);

@@ -13,6 +13,7 @@ mod housekeeping;
 mod leases;
 mod observability;
 mod pipeline;
+mod postgres_tls;
 mod scenarios;
 mod server;
 mod tape;

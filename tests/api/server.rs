@@ -274,7 +274,7 @@ crate::both_backends!(
 );
 
 /// Runs `baton serve` expecting a start-up failure; returns its stderr.
-fn failing_start(args: &[&str]) -> String {
+pub(crate) fn failing_start(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_baton"))
         .arg("serve")
         .args(args)

@@ -3,9 +3,9 @@
 //! partition or slow one replica's network); SQLite runs get the one node. A replica that is
 //! killed or drained is restarted on the same address, so clients find it where it was.
 
-use crate::postgres::OwnPostgres;
 use crate::proxy::Proxy;
 use baton::Backend;
+use baton::process::TempPostgres;
 use baton::process::{ServeProcess, Signal, TempDatabase};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +36,7 @@ struct Replica {
 pub struct Cluster {
     bin: PathBuf,
     replicas: Vec<Replica>,
-    pub pg: Option<OwnPostgres>,
+    pub pg: Option<TempPostgres>,
     _sqlite: Option<TempDatabase>,
 }
 
@@ -69,12 +69,15 @@ impl Cluster {
                 }
             }
             Backend::Postgres => {
-                let pg = tokio::task::spawn_blocking(OwnPostgres::start).await.unwrap();
-                pg.create_database("baton").await;
+                let pg = tokio::task::spawn_blocking(TempPostgres::start_default)
+                    .await
+                    .unwrap()
+                    .expect("the fault suite starts a Postgres of its own");
+                pg.create_database("baton").await.expect("create database");
                 let mut replicas = vec![];
                 for _ in 0..2 {
                     let proxy = Proxy::start(pg.addr()).await;
-                    let url = OwnPostgres::url_at(proxy.addr(), "baton");
+                    let url = TempPostgres::url_at(proxy.addr(), "baton");
                     let process = spawn(bin.clone(), any, url.clone()).await;
                     replicas.push(Replica {
                         addr: process.addr(),

@@ -17,7 +17,6 @@ mod checks;
 mod cluster;
 mod lincheck;
 mod model;
-mod postgres;
 mod proxy;
 mod workload;
 
@@ -169,7 +168,7 @@ async fn inject(cluster: &mut Cluster, fault: Fault, cancel: &watch::Sender<bool
         Fault::StopPastTtl => cluster.signal(0, Signal::Stop),
         Fault::PgRestart => {
             let pg = cluster.pg.as_ref().expect("a Postgres run");
-            tokio::task::block_in_place(|| pg.restart_immediately());
+            tokio::task::block_in_place(|| pg.restart_immediately()).expect("restart Postgres");
         }
         Fault::Partition => cluster.proxy(0).set(proxy::Mode::Partition),
         Fault::Delay => cluster.proxy(0).set(proxy::Mode::Delay(Duration::from_millis(30))),

@@ -3,10 +3,73 @@
 //! parses or plans SQL text, and no statement carries request data in its text.
 
 use super::super::{Result, StoreError};
+use super::tls::{self, Tls};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Socket, Statement};
+
+/// A connection's driver: spawn it (or poll its messages) for the client to be served.
+pub type Connection = tokio_postgres::Connection<Socket, tls::Stream>;
+
+/// Where and how every baton connection is made: the URL's settings (with baton's session
+/// bounds) and its TLS.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub config: Config,
+    pub tls: Tls,
+}
+
+impl Endpoint {
+    /// Opens a bare connection (no statements prepared).
+    pub async fn connect(&self) -> Result<(Client, Connection), tokio_postgres::Error> {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
+/// An error and its causes on one line. tokio-postgres's own message stops at its kind
+/// ("error performing TLS handshake"): the cause is what says what went wrong.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// A driver error on one line: a server's refusal as severity, message and SQLSTATE; any
+/// other failure with its causes.
+pub fn describe_pg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => describe(e),
+    }
+}
+
+/// Classifies a failure to connect, keeping its cause in the message.
+pub fn connect_error(e: tokio_postgres::Error) -> StoreError {
+    let text = describe_pg(&e);
+    match StoreError::from(e) {
+        StoreError::Unavailable(_) => StoreError::Unavailable(text),
+        StoreError::Internal(_) => StoreError::Internal(text),
+        other => other,
+    }
+}
+
+/// True when `e` failed in the TLS handshake for a reason [`tls::Failure`] words (a
+/// certificate rejected, a file unreadable): its message then says what to fix.
+pub fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<tls::Failure>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
 
 macro_rules! queries {
     ($($name:ident),+ $(,)?) => {
@@ -75,8 +138,8 @@ impl Conn {
 }
 
 /// Opens a connection, drives it on a task of its own, and prepares the statements.
-pub async fn open(config: &Config) -> Result<Conn> {
-    let (client, connection) = config.connect(NoTls).await.map_err(StoreError::from)?;
+pub async fn open(endpoint: &Endpoint) -> Result<Conn> {
+    let (client, connection) = endpoint.connect().await.map_err(connect_error)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection ended");
@@ -96,7 +159,7 @@ pub struct Slot(Mutex<Option<Arc<Conn>>>);
 
 impl Slot {
     /// The slot's connection, (re)opened if need be.
-    pub async fn get(&self, config: &Config) -> Result<Arc<Conn>> {
+    pub async fn get(&self, endpoint: &Endpoint) -> Result<Arc<Conn>> {
         let mut slot = self.0.lock().await;
         if let Some(conn) = slot.as_ref()
             && !conn.client.is_closed()
@@ -105,7 +168,7 @@ impl Slot {
             return Ok(conn.clone());
         }
         *slot = None;
-        let conn = Arc::new(open(config).await?);
+        let conn = Arc::new(open(endpoint).await?);
         *slot = Some(conn.clone());
         Ok(conn)
     }

@@ -9,6 +9,7 @@
 
 mod conn;
 mod notify;
+mod tls;
 
 use super::decode::{self, EntityTuple, EventTuple};
 use super::{Backend, BatchTx, Change, DefineTx, Loaded, MachineRow, Result, Store, StoreError, StoreOptions};
@@ -21,7 +22,7 @@ use crate::domain::names::{EntityId, LeaseKey, Name, Namespace, lock_key, lock_s
 use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::{Clock, Timestamp};
 use async_trait::async_trait;
-use conn::{Conn, Slot};
+use conn::{Conn, Endpoint, Slot};
 use futures::future::{BoxFuture, FutureExt, try_join_all};
 use notify::Announcer;
 use sqlx::ConnectOptions;
@@ -31,14 +32,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
-use tokio_postgres::{Config, NoTls, Row};
+use tokio_postgres::{Config, Row};
 
 /// Session-level advisory lock held by the one replica that runs housekeeping.
 const HOUSEKEEPER_LOCK: i64 = 0x6261_746f_6e5f_686b; // "baton_hk"
 
 /// Postgres store.
 pub struct PgStore {
-    config: Config,
+    pg: Endpoint,
     clock: Clock,
     /// One connection per write lane, and the lane's turn: a lane runs one batch at a time
     /// (the turn is held from `begin_batch` to the commit), so two transactions never share
@@ -63,12 +64,37 @@ fn millis(d: Duration) -> u128 {
     d.as_millis().max(1)
 }
 
+/// Why the first connection failed, on one line with what to do about it.
+fn start_error(redacted: &str, tls: &tls::Tls, e: tokio_postgres::Error) -> StoreError {
+    let hint = if conn::is_tls_failure(&e) {
+        // Its message says what was checked and what to change.
+        ""
+    } else if conn::describe_pg(&e).ends_with("server does not support TLS") {
+        // tokio-postgres's words when the server answers the TLS request with "no".
+        " (sslmode=require and the verify modes need a server with ssl = on)"
+    } else if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+        && tls.mode() == tls::SslMode::Disable
+    {
+        " (sslmode=disable: a server that accepts only TLS connections refuses this one)"
+    } else {
+        " (is PostgreSQL running and is the URL right?)"
+    };
+    StoreError::Unavailable(format!(
+        "cannot connect to Postgres at {redacted}: {}{hint}",
+        conn::describe_pg(&e)
+    ))
+}
+
 impl PgStore {
     /// Runs migrations, connects, and starts the notification listener and notifier.
     pub async fn connect(url: &str, opts: StoreOptions) -> Result<Self> {
         let redacted = super::redact(url);
         let bad_url = |e: &dyn std::fmt::Display| StoreError::Config(format!("bad Postgres URL {redacted:?}: {e}"));
-        let mut config = Config::from_str(url).map_err(|e| bad_url(&e))?;
+        // sslmode and friends mean what libpq says, for tokio-postgres and sqlx alike: they
+        // are taken out here and applied by our TLS connector and to sqlx's options.
+        let (rest, tls) = tls::split(url).map_err(|e| bad_url(&e))?;
+        let mut config = Config::from_str(&rest).map_err(|e| bad_url(&conn::describe(&e)))?;
+        let tls = tls.for_hosts(config.get_hosts(), config.get_hostaddrs().len());
         // A replica frozen (or cut off) inside a transaction must not hold its keys' locks
         // for long: Postgres ends the session and rolls the transaction back, so writers on
         // other replicas go on. A healthy transaction is idle only between its two round
@@ -87,15 +113,27 @@ impl PgStore {
                 millis(opts.lock_timeout)
             ))
             .application_name("baton")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            .ssl_mode(tls.wire_mode());
+        tls.check().await.map_err(|e| bad_url(&e))?;
         let unreachable = |e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!(
                 "cannot connect to Postgres at {redacted}: {e} (is PostgreSQL running and is the URL right?)"
             ))
         };
+        let pg = Endpoint { config, tls };
+        // The housekeeper's session is the first connection, made by the connector every
+        // other one uses, so a refused login or a rejected certificate fails the start in
+        // its own words, before migrations.
+        let (client, connection) = pg.connect().await.map_err(|e| start_error(&redacted, &pg.tls, e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
         // Migrations go through sqlx's migrator, on a connection of their own.
-        let migrate_options = sqlx::postgres::PgConnectOptions::from_str(url)
-            .map_err(|e| bad_url(&e))?
+        let migrate_options = pg
+            .tls
+            .sqlx(sqlx::postgres::PgConnectOptions::from_str(&rest).map_err(|e| bad_url(&e))?)
+            .application_name("baton")
             .log_statements(tracing::log::LevelFilter::Trace);
         let mut migrating = migrate_options.connect().await.map_err(|e| unreachable(&e))?;
         sqlx::migrate!("migrations/postgres").run(&mut migrating).await?;
@@ -103,14 +141,14 @@ impl PgStore {
 
         let readers: Vec<Slot> = (0..opts.pool_size.max(1)).map(|_| Slot::default()).collect();
         // Open one now, so a wrong URL or a refused login fails the start, not a call.
-        readers[0].get(&config).await.map_err(|e| unreachable(&e))?;
+        readers[0].get(&pg).await.map_err(|e| unreachable(&e))?;
         let (changes, _) = broadcast::channel(4096);
         let (stop_listener, stop) = watch::channel(false);
         let (ready_tx, ready) = oneshot::channel();
         let replica = uuid::Uuid::now_v7().as_u64_pair().1;
-        tokio::spawn(notify::listen(config.clone(), changes.clone(), replica, stop, ready_tx));
+        tokio::spawn(notify::listen(pg.clone(), changes.clone(), replica, stop, ready_tx));
         let (notices, queued) = mpsc::unbounded_channel();
-        tokio::spawn(notify::notifier(config.clone(), Slot::default(), queued));
+        tokio::spawn(notify::notifier(pg.clone(), Slot::default(), queued));
         // Serve nothing before we can hear other replicas' commits.
         match tokio::time::timeout(Duration::from_secs(10), ready).await {
             Ok(Ok(())) => {}
@@ -133,17 +171,17 @@ impl PgStore {
             },
             changes,
             stop_listener,
-            housekeeper: Mutex::new(None),
+            housekeeper: Mutex::new(Some((client, false))),
             round_trips: Arc::default(),
             clock: opts.clock,
-            config,
+            pg,
         })
     }
 
     /// A connection for reads.
     async fn reader(&self) -> Result<Arc<Conn>> {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        self.readers[i].get(&self.config).await
+        self.readers[i].get(&self.pg).await
     }
 }
 
@@ -230,7 +268,7 @@ impl Store for PgStore {
     ) -> Result<(Box<dyn BatchTx>, Loaded)> {
         let (slot, turn) = &self.lanes[lane % self.lanes.len()];
         let turn = turn.clone().lock_owned().await;
-        let conn = slot.get(&self.config).await?;
+        let conn = slot.get(&self.pg).await?;
         let (c, q) = (&conn.client, &conn.q);
         let keys: Vec<i64> = locks.iter().map(|l| l.key).collect();
         let shared: Vec<bool> = locks.iter().map(|l| l.shared).collect();
@@ -329,7 +367,7 @@ impl Store for PgStore {
         ns: &Namespace,
         kind: &Name,
     ) -> Result<(Box<dyn DefineTx>, Option<MachineRow>, Timestamp)> {
-        let conn = self.define.get(&self.config).await?;
+        let conn = self.define.get(&self.pg).await?;
         let (c, q) = (&conn.client, &conn.q);
         let lock = lock_key(ns, lock_space::MACHINE, kind.as_str());
         let skew = self.clock.skew_micros();
@@ -529,7 +567,7 @@ impl Store for PgStore {
             }
         }
         if slot.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await?;
+            let (client, connection) = self.pg.connect().await.map_err(conn::connect_error)?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });

@@ -3,7 +3,7 @@
 //! notification lost with a crashed replica is made up by the hub's heartbeat sweep.
 
 use super::super::Change;
-use super::conn::Slot;
+use super::conn::{Endpoint, Slot};
 use crate::domain::names::{EntityId, LeaseKey, Namespace};
 use crate::domain::tape::{Seq, StoredEvent};
 use crate::domain::time::Timestamp;
@@ -12,7 +12,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::AsyncMessage;
 
 pub const TAPE_CHANNEL: &str = "baton_tape";
 pub const LEASE_CHANNEL: &str = "baton_lease";
@@ -161,7 +161,7 @@ fn decode(channel: &str, payload: &str) -> Option<Change> {
 /// write; this way the lock is taken once per batch. The price: a replica that dies between
 /// a commit and its batch leaves the others' subscribers unwoken until their hub's next
 /// heartbeat sweep.
-pub async fn notifier(config: Config, slot: Slot, mut queued: mpsc::UnboundedReceiver<(&'static str, String)>) {
+pub async fn notifier(endpoint: Endpoint, slot: Slot, mut queued: mpsc::UnboundedReceiver<(&'static str, String)>) {
     // One NOTIFY statement carries at most this much payload.
     const BATCH_BYTES: usize = 256 * 1024;
     while let Some(first) = queued.recv().await {
@@ -174,7 +174,7 @@ pub async fn notifier(config: Config, slot: Slot, mut queued: mpsc::UnboundedRec
             channels.push(c);
             payloads.push(p);
         }
-        let sent = match slot.get(&config).await {
+        let sent = match slot.get(&endpoint).await {
             Ok(conn) => conn
                 .client
                 .execute(&conn.q.notify, &[&channels, &payloads])
@@ -189,7 +189,7 @@ pub async fn notifier(config: Config, slot: Slot, mut queued: mpsc::UnboundedRec
             // The other replicas may have missed these: ask them to re-read (this replica
             // delivered them itself). If even that fails, their heartbeat sweeps will.
             tracing::warn!(error = %e, n = payloads.len(), "cannot notify other replicas; asking them to resync");
-            if let Ok(conn) = slot.get(&config).await {
+            if let Ok(conn) = slot.get(&endpoint).await {
                 let resync = conn
                     .client
                     .execute(&conn.q.notify, &[&vec![RESYNC_CHANNEL], &vec![String::new()]])
@@ -205,7 +205,7 @@ pub async fn notifier(config: Config, slot: Slot, mut queued: mpsc::UnboundedRec
 /// The replica's one LISTEN connection. After every (re)connection it announces `Resync`,
 /// so subscribers re-read from their last seq whatever was committed while it was down.
 pub async fn listen(
-    config: Config,
+    endpoint: Endpoint,
     changes: broadcast::Sender<Change>,
     replica: u64,
     mut stop: watch::Receiver<bool>,
@@ -217,10 +217,10 @@ pub async fn listen(
     loop {
         let (client, mut connection) = tokio::select! {
             _ = stop.changed() => return,
-            c = config.connect(NoTls) => match c {
+            c = endpoint.connect() => match c {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "notification listener cannot connect; retrying");
+                    tracing::warn!(error = %super::conn::describe_pg(&e), "notification listener cannot connect; retrying");
                     tokio::select! {
                         _ = stop.changed() => return,
                         _ = tokio::time::sleep(backoff) => {}
