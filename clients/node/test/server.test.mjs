@@ -264,26 +264,28 @@ for (const backend of ['sqlite', 'postgres']) {
       );
     });
 
-    t('the README example runs as pasted', async () => {
+    /** Runs the README's js blocks that `pick` selects, each as pasted with `env`; their
+     * outputs, as lines. */
+    const readmeBlocks = async (pick, env) => {
       const readme = fs.readFileSync(path.join(HERE, 'node_modules', 'baton-client', 'README.md'), 'utf8');
-      const blocks = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
-      assert.ok(blocks.length >= 1, 'the README has no js example');
-      const readmeNs = newNamespace();
+      const blocks = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]).filter(pick);
+      assert.ok(blocks.length >= 1, 'the README has no such js example');
+      const outputs = [];
       for (const [i, code] of blocks.entries()) {
         const file = path.join(HERE, `readme-${backend}-${i}.mjs`);
         fs.writeFileSync(file, code);
-        const { stdout } = await execFileP(process.execPath, [file], {
-          cwd: HERE,
-          env: { ...process.env, BATON_ADDR: cluster.main.addr, BATON_NAMESPACE: readmeNs },
-          timeout: 60_000,
-        });
-        assert.deepEqual(stdout.trim().split('\n'), [
-          'not allowed from done',
-          '1 baton.transition reviewing',
-          '2 progress ',
-          '3 baton.transition done',
-          '4 final done',
-        ]);
+        const { stdout } = await execFileP(process.execPath, [file], { cwd: HERE, env: { ...process.env, ...env }, timeout: 60_000 });
+        outputs.push(stdout.trim().split('\n'));
+      }
+      return outputs;
+    };
+    /** The TLS example reads BATON_TOKEN; the main one runs against a plaintext server. */
+    const usesToken = (code) => code.includes('BATON_TOKEN');
+
+    t('the README example runs as pasted', async () => {
+      const outputs = await readmeBlocks((code) => !usesToken(code), { BATON_ADDR: cluster.main.addr, BATON_NAMESPACE: newNamespace() });
+      for (const lines of outputs) {
+        assert.deepEqual(lines, ['not allowed from done', '1 baton.transition reviewing', '2 progress ', '3 baton.transition done', '4 final done']);
       }
     });
 
@@ -310,6 +312,11 @@ for (const backend of ['sqlite', 'postgres']) {
         mtlsAddr = (await cluster.replica(cluster.ownUrl(), secured().args({ mtls: true }))).addr;
         await https(tlsAddr, 'admin').applyMachines(machines);
         await https(mtlsAddr, 'admin', { cert: true }).applyMachines(machines);
+      });
+
+      t("the README's TLS example runs as pasted", async () => {
+        const env = { BATON_ADDR: `https://${tlsAddr}`, BATON_TOKEN: secured().tokens.writer, BATON_CA_FILE: secured().certs.ca, BATON_NAMESPACE: newNamespace() };
+        for (const lines of await readmeBlocks(usesToken, env)) assert.deepEqual(lines, ['holding deploy/prod', 'not allowed in another-team']);
       });
 
       t('https:// with caFile and a token: create, transition, stream round trip', async () => {
