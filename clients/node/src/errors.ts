@@ -18,6 +18,8 @@ export enum Reason {
   MACHINE_NOT_FOUND = 'MACHINE_NOT_FOUND',
   ENTITY_EXISTS = 'ENTITY_EXISTS',
   CURSOR_EXPIRED = 'CURSOR_EXPIRED',
+  UNAUTHENTICATED = 'UNAUTHENTICATED',
+  PERMISSION_DENIED = 'PERMISSION_DENIED',
   DATABASE_UNAVAILABLE = 'DATABASE_UNAVAILABLE',
   SHUTTING_DOWN = 'SHUTTING_DOWN',
   INTERNAL = 'INTERNAL',
@@ -106,6 +108,17 @@ export class EntityNotFound extends NotFound {}
 export class MachineNotFound extends NotFound {}
 export class EntityExists extends BatonError {}
 export class CursorExpired extends BatonError {}
+/** No token, or one the server does not know or that expired (and no client certificate it knows). */
+export class Unauthenticated extends BatonError {}
+/** The caller's grant does not cover the call: `namespace` is outside it, or `needsRole` is above the caller's role. */
+export class PermissionDenied extends BatonError {
+  get namespace(): string | undefined {
+    return this.metadata.namespace;
+  }
+  get needsRole(): string | undefined {
+    return this.metadata.needs_role;
+  }
+}
 export class Unavailable extends BatonError {}
 export class DatabaseUnavailable extends Unavailable {}
 export class ShuttingDown extends Unavailable {}
@@ -129,6 +142,8 @@ const BY_REASON: Record<string, ErrorClass> = {
   MACHINE_NOT_FOUND: MachineNotFound,
   ENTITY_EXISTS: EntityExists,
   CURSOR_EXPIRED: CursorExpired,
+  UNAUTHENTICATED: Unauthenticated,
+  PERMISSION_DENIED: PermissionDenied,
   DATABASE_UNAVAILABLE: DatabaseUnavailable,
   SHUTTING_DOWN: ShuttingDown,
   INTERNAL: Internal,
@@ -137,6 +152,8 @@ const BY_REASON: Record<string, ErrorClass> = {
 const BY_CODE: Partial<Record<status, ErrorClass>> = {
   [status.INVALID_ARGUMENT]: InvalidArgument,
   [status.NOT_FOUND]: NotFound,
+  [status.UNAUTHENTICATED]: Unauthenticated,
+  [status.PERMISSION_DENIED]: PermissionDenied,
   [status.UNAVAILABLE]: Unavailable,
   [status.DEADLINE_EXCEEDED]: DeadlineExceeded,
   [status.CANCELLED]: Cancelled,

@@ -32,9 +32,11 @@ process.on('exit', () => {
 
 /** One `baton serve --listen 127.0.0.1:0`; the address comes from its JSON `baton serving` log line. */
 export class BatonServer {
-  constructor(databaseUrl, logPath) {
+  /** `args`: more flags (TLS, tokens). */
+  constructor(databaseUrl, logPath, args = []) {
     this.databaseUrl = databaseUrl;
     this.logPath = logPath;
+    this.args = args;
     this.addr = '';
     this.child = null;
     this.exited = null;
@@ -44,7 +46,7 @@ export class BatonServer {
     if (!BATON_BIN || !fs.existsSync(BATON_BIN)) throw new Error(`baton binary not found at ${BATON_BIN}: set BATON_BIN`);
     const child = spawn(
       BATON_BIN,
-      ['serve', '--listen', '127.0.0.1:0', '--log-format', 'json', '--database-url', this.databaseUrl, '--heartbeat', '1s', '--drain', '2s'],
+      ['serve', '--listen', '127.0.0.1:0', '--log-format', 'json', '--database-url', this.databaseUrl, '--heartbeat', '1s', '--drain', '2s', ...this.args],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     this.child = child;
@@ -167,14 +169,20 @@ export class Cluster {
     return c;
   }
 
-  async replica(url = this.url) {
-    const srv = new BatonServer(url, path.join(this.dir, `baton-${this.servers.length}.log`));
+  async replica(url = this.url, args = []) {
+    const srv = new BatonServer(url, path.join(this.dir, `baton-${this.servers.length}.log`), args);
     this.servers.push(srv);
     return srv.start();
   }
 
   freshSqliteUrl() {
     return `sqlite:${path.join(this.dir, `own-${randomBytes(4).toString('hex')}.db`)}`;
+  }
+
+  /** A database for servers of their own: the same one on Postgres (replicas share it),
+   * a fresh file on SQLite (one server per file). */
+  ownUrl() {
+    return this.pg ? this.url : this.freshSqliteUrl();
   }
 
   async close() {
@@ -204,11 +212,14 @@ class FrameSplitter {
 
 /** A loopback TCP proxy: `upstream` can be switched (new connections go there);
  * `blackhole()` swallows every byte both ways, keeping connections open; `cutNextResponse()`
- * drops the server's next response and resets that connection. */
+ * drops the server's next response and resets that connection. With `tls` the bytes are
+ * TLS records, passed on as they come; without, the server's are cut at HTTP/2 frames (for
+ * `cutNextResponse()`). */
 export class TcpProxy {
-  static async create(upstream) {
+  static async create(upstream, { tls = false } = {}) {
     const p = new TcpProxy();
     p.upstream = upstream;
+    p.tls = tls;
     p.blackholed = false;
     p.cutArmed = false;
     p.cuts = 0;
@@ -236,6 +247,10 @@ export class TcpProxy {
     });
     server.on('data', (d) => {
       if (this.blackholed) return;
+      if (this.tls) {
+        client.write(d);
+        return;
+      }
       for (const frame of frames.feed(d)) {
         const type = frame[3];
         const stream = frame.readUInt32BE(5) & 0x7fffffff;
@@ -264,6 +279,7 @@ export class TcpProxy {
   }
 
   cutNextResponse() {
+    if (this.tls) throw new Error('cutNextResponse needs plaintext HTTP/2, not TLS');
     this.cutArmed = true;
   }
 

@@ -123,6 +123,8 @@ describe('errors', () => {
       ['TAPE_SEALED', baton.TapeSealed],
       ['VERSION_MISMATCH', baton.VersionMismatch],
       ['SHUTTING_DOWN', baton.ShuttingDown],
+      ['UNAUTHENTICATED', baton.Unauthenticated],
+      ['PERMISSION_DENIED', baton.PermissionDenied],
     ]) {
       const err = baton.fromGrpcError(grpcError(9, status(reason, 'baton', 'version', '3')));
       assert.ok(err instanceof cls && err.reason === reason && err.metadata.version === '3' && err.isBaton, reason);
@@ -136,5 +138,10 @@ describe('errors', () => {
     assert.ok(bare instanceof baton.Internal && bare.reason === null);
     const garbage = baton.fromGrpcError(grpcError(2, Buffer.from([0xff, 0xff])));
     assert.ok(garbage.constructor === baton.BatonError && garbage.reason === null);
+    // A proxy in front of baton may refuse credentials itself: still the typed error.
+    const proxy = baton.fromGrpcError(grpcError(16, null));
+    assert.ok(proxy instanceof baton.Unauthenticated && !proxy.isBaton);
+    const denied = baton.fromGrpcError(grpcError(7, status('PERMISSION_DENIED', 'baton', 'namespace', 'b')));
+    assert.ok(denied instanceof baton.PermissionDenied && denied.namespace === 'b' && denied.needsRole === undefined);
   });
 });

@@ -16,25 +16,36 @@ import {
   InvalidTransition,
   LeaseLost,
   LeaseNotAcquired,
+  PermissionDenied,
   RequestIdReused,
   TapeSealed,
+  Unauthenticated,
   Unavailable,
   VersionMismatch,
   loadMachines,
 } from 'baton-client';
-import { Forwarder, makeCerts } from './tls.mjs';
+import { Secured } from './tls.mjs';
 import { CHANNEL_OPTIONS, Cluster, MACHINES, TcpProxy, assertSealedTape, drive, newNamespace, pathTo, tape, within } from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const execFileP = promisify(execFile);
 const machines = loadMachines(MACHINES);
-let madeCerts = null;
-let certsDir = null;
-/** Certificates for the TLS tests, made once per run (and removed at its end). */
-const certs = () => (madeCerts ??= makeCerts((certsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-certs-')))));
+let madeSecured = null;
+let securedDir = null;
+/** Certificates and a tokens file for the TLS tests, made once per run (and removed at its end). */
+const secured = () => (madeSecured ??= new Secured((securedDir = fs.mkdtempSync(path.join(os.tmpdir(), 'baton-secured-')))));
 after(() => {
-  if (certsDir) fs.rmSync(certsDir, { recursive: true, force: true });
+  if (securedDir) fs.rmSync(securedDir, { recursive: true, force: true });
 });
+/** A client that cannot connect must say so within this long (default timeout and retries). */
+const FAILS_WITHIN_MS = 10_000;
+
+/** The error `promise` rejects with, which must be a `cls`, within FAILS_WITHIN_MS. */
+async function failsWithin(promise, cls) {
+  let err;
+  await within(FAILS_WITHIN_MS, assert.rejects(promise, (e) => ((err = e), e instanceof cls)), `a ${cls.name}`);
+  return err;
+}
 const spec = (kind) => {
   const s = machines.find((m) => m.kind === kind);
   assert.ok(s, `no machine of kind ${kind}`);
@@ -146,20 +157,23 @@ for (const backend of ['sqlite', 'postgres']) {
       await assert.rejects(tape(c, task.id, events.at(-1).seq + 1), InvalidArgument);
     });
 
-    for (const signal of ['SIGKILL', 'SIGTERM']) t(`a stream resumes on the other replica after ${signal}, no gap, no duplicate`, async () => {
-      const url = backend === 'postgres' ? cluster.url : cluster.freshSqliteUrl();
-      const a = await cluster.replica(url);
-      let b = backend === 'postgres' ? await cluster.replica(url) : null;
-      const proxy = await TcpProxy.create(a.addr);
+    /** Read a tape through a proxy while its replica fails over (`signal`) and the tape is
+     * finished on the other replica; check it whole; the stream. `connect(addr)` makes the
+     * clients; `args` and `tls` are the servers' flags and whether they serve TLS. */
+    const readThroughFailover = async (signal, { connect = (addr) => client(addr), args = [], tls = false } = {}) => {
+      const url = cluster.ownUrl();
+      const a = await cluster.replica(url, args);
+      let b = backend === 'postgres' ? await cluster.replica(url, args) : null;
+      const proxy = await TcpProxy.create(a.addr, { tls });
       try {
-        const writerA = client(a.addr);
+        const writerA = connect(a.addr);
         await writerA.applyMachines(machines);
         const task = (await writerA.createEntity('task')).entity;
         await writerA.transition(task.id, 'start');
         await writerA.appendEvents(task.id, Array.from({ length: 5 }, (_, i) => ['progress', { i }]));
         writerA.close();
 
-        const reader = client(proxy.addr);
+        const reader = connect(proxy.addr);
         const stream = reader.streamEvents(task.id, { giveUpAfterMs: 20_000 });
         const events = [];
         let sawBefore;
@@ -172,9 +186,9 @@ for (const backend of ['sqlite', 'postgres']) {
         })();
         await within(10_000, before6, 'first six events');
         await a.stop(signal);
-        if (!b) b = await cluster.replica(url);
+        if (!b) b = await cluster.replica(url, args);
         proxy.setUpstream(b.addr);
-        const writerB = client(b.addr);
+        const writerB = connect(b.addr);
         for (let i = 5; i < 12; i++) await writerB.appendEvents(task.id, [['progress', { i }]]);
         await drive(writerB, spec('task'), task.id, spec('task').terminal_states);
         await within(30_000, reading, 'resumed stream to end');
@@ -182,12 +196,19 @@ for (const backend of ['sqlite', 'postgres']) {
         assert.equal(events.filter((e) => e.type === 'progress').length, 12);
         assert.equal(events.length, 1 + 12 + 2);
         assert.ok(stream.resumes >= 1, 'the stream never broke: the test did not test a failover');
-        if (signal === 'SIGTERM') {
-          // A draining replica ends its streams with UNAVAILABLE / SHUTTING_DOWN: a baton answer that means "resume".
-          assert.ok(stream.ends.some((e) => e?.reason === 'SHUTTING_DOWN'), stream.ends.map(String).join('; '));
-        }
+        return stream;
       } finally {
         proxy.close();
+        // Each replica holds Postgres connections, and the shared server has only so many.
+        await Promise.all([a.stop(), b?.stop()]);
+      }
+    };
+
+    for (const signal of ['SIGKILL', 'SIGTERM']) t(`a stream resumes on the other replica after ${signal}, no gap, no duplicate`, async () => {
+      const stream = await readThroughFailover(signal);
+      if (signal === 'SIGTERM') {
+        // A draining replica ends its streams with UNAVAILABLE / SHUTTING_DOWN: a baton answer that means "resume".
+        assert.ok(stream.ends.some((e) => e?.reason === 'SHUTTING_DOWN'), stream.ends.map(String).join('; '));
       }
     });
 
@@ -229,18 +250,7 @@ for (const backend of ['sqlite', 'postgres']) {
 
     t('a lease renews in the background and fences writes', async () => {
       const c = client();
-      const task = (await c.createEntity('task')).entity;
-      const key = `task:${task.id}`;
-      const lease = await c.lease(key, 'worker', 1.5, { renewIntervalMs: 300 }).acquire();
-      // Two TTLs pass: only renewals keep it alive.
-      const outcome = await Promise.race([lease.waitLost().then(() => 'lost'), new Promise((r) => setTimeout(() => r('alive'), 3000))]);
-      assert.equal(outcome, 'alive', String(lease.lostCause));
-      assert.ok(lease.renewals >= 6, `${lease.renewals} renewals`);
-      assert.equal((await c.getLease(key)).lease.token, lease.token);
-      const r = await lease.transition(task.id, 'start', { events: [['progress', 'mine']] });
-      assert.ok(r.applied && r.seqs.length === 2);
-      assert.equal(await lease.release(), true);
-      assert.equal((await c.getLease(key)).lease, null);
+      const key = await leaseRenewsAndFences(c);
       await assert.rejects(
         (async () => {
           const holder = await c.lease(key, 'owner', 10).acquire();
@@ -254,58 +264,117 @@ for (const backend of ['sqlite', 'postgres']) {
       );
     });
 
-    t('the README example runs as pasted', async () => {
+    /** Runs the README's js blocks that `pick` selects, each as pasted with `env`; their
+     * outputs, as lines. */
+    const readmeBlocks = async (pick, env) => {
       const readme = fs.readFileSync(path.join(HERE, 'node_modules', 'baton-client', 'README.md'), 'utf8');
-      const blocks = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
-      assert.ok(blocks.length >= 1, 'the README has no js example');
-      const readmeNs = newNamespace();
+      const blocks = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]).filter(pick);
+      assert.ok(blocks.length >= 1, 'the README has no such js example');
+      const outputs = [];
       for (const [i, code] of blocks.entries()) {
         const file = path.join(HERE, `readme-${backend}-${i}.mjs`);
         fs.writeFileSync(file, code);
-        const { stdout } = await execFileP(process.execPath, [file], {
-          cwd: HERE,
-          env: { ...process.env, BATON_ADDR: cluster.main.addr, BATON_NAMESPACE: readmeNs },
-          timeout: 60_000,
-        });
-        assert.deepEqual(stdout.trim().split('\n'), [
-          'not allowed from done',
-          '1 baton.transition reviewing',
-          '2 progress ',
-          '3 baton.transition done',
-          '4 final done',
-        ]);
+        const { stdout } = await execFileP(process.execPath, [file], { cwd: HERE, env: { ...process.env, ...env }, timeout: 60_000 });
+        outputs.push(stdout.trim().split('\n'));
+      }
+      return outputs;
+    };
+    /** The TLS example reads BATON_TOKEN; the main one runs against a plaintext server. */
+    const usesToken = (code) => code.includes('BATON_TOKEN');
+
+    t('the README example runs as pasted', async () => {
+      const outputs = await readmeBlocks((code) => !usesToken(code), { BATON_ADDR: cluster.main.addr, BATON_NAMESPACE: newNamespace() });
+      for (const lines of outputs) {
+        assert.deepEqual(lines, ['not allowed from done', '1 baton.transition reviewing', '2 progress ', '3 baton.transition done', '4 final done']);
       }
     });
 
-    t('token, https:// and mTLS options as seen on the wire by a forwarder', async () => {
-      const plain = await Forwarder.create(cluster.main.addr);
-      const tls = await Forwarder.create(cluster.main.addr, { certs: certs() });
-      const mtls = await Forwarder.create(cluster.main.addr, { certs: certs(), mtls: true });
-      const failFast = { timeoutMs: 3000, retry: { maxAttempts: 2, initialBackoffMs: 50 } };
-      const calls = async (c) => {
+    // TLS, mTLS and tokens against real secured servers of this backend: `tls` (TLS and a
+    // tokens file) and `mtls` (also requires a client certificate). A call that succeeds
+    // proves its token went with it: the server refuses calls without one.
+    describe('TLS and tokens', () => {
+      let tlsAddr;
+      let mtlsAddr;
+      /** A client of `addr` over TLS with the named token (null: none) and, with `cert`, the client certificate. */
+      const https = (addr, token = 'writer', { cert = false, ...options } = {}) =>
+        client(`https://${addr}`, { ...secured().clientOptions(token, { cert }), ...options });
+      const roundTrip = async (c) => {
         const task = (await c.createEntity('task')).entity;
-        await c.transition(task.id, 'cancel');
-        assert.deepEqual((await tape(c, task.id)).map((e) => e.type), ['baton.transition', 'final']);
+        await c.transition(task.id, 'start');
+        await c.appendEvents(task.id, [['progress', 'over tls']]);
+        await c.transition(task.id, 'succeed', { finalPayload: 'ok' });
+        const events = await tape(c, task.id);
+        assert.deepEqual(events.map((e) => [e.seq, e.type]), [[1, 'baton.transition'], [2, 'progress'], [3, 'baton.transition'], [4, 'final']]);
       };
-      try {
-        await calls(client(`http://127.0.0.1:${plain.port}`, { token: 's3cret-token' }));
-        assert.deepEqual(plain.seen, [['CreateEntity', 'Bearer s3cret-token'], ['Transition', 'Bearer s3cret-token'], ['StreamEvents', 'Bearer s3cret-token']]);
-        await client(`127.0.0.1:${plain.port}`).getLease('k');
-        assert.deepEqual(plain.seen.at(-1), ['GetLease', null]);
 
-        await calls(client(`https://127.0.0.1:${tls.port}`, { caFile: certs().ca, token: 't' }));
-        assert.equal(tls.seen.length, 3);
-        assert.equal(tls.seen[0][1], 'Bearer t');
-        await assert.rejects(client(`127.0.0.1:${tls.port}`, failFast).getLease('k'), Unavailable);
-        await assert.rejects(client(`https://127.0.0.1:${tls.port}`, failFast).getLease('k'), Unavailable);
+      before(async () => {
+        tlsAddr = (await cluster.replica(cluster.ownUrl(), secured().args())).addr;
+        mtlsAddr = (await cluster.replica(cluster.ownUrl(), secured().args({ mtls: true }))).addr;
+        await https(tlsAddr, 'admin').applyMachines(machines);
+        await https(mtlsAddr, 'admin', { cert: true }).applyMachines(machines);
+      });
 
-        await calls(client(`https://127.0.0.1:${mtls.port}`, { caFile: certs().ca, certFile: certs().client, keyFile: certs().clientKey }));
-        await assert.rejects(client(`https://127.0.0.1:${mtls.port}`, { caFile: certs().ca, ...failFast }).getLease('k'), Unavailable);
-        assert.equal(tls.seen.length, 3);
-        assert.equal(mtls.seen.length, 3);
-      } finally {
-        for (const f of [plain, tls, mtls]) f.close();
-      }
+      t("the README's TLS example runs as pasted", async () => {
+        const env = { BATON_ADDR: `https://${tlsAddr}`, BATON_TOKEN: secured().tokens.writer, BATON_CA_FILE: secured().certs.ca, BATON_NAMESPACE: newNamespace() };
+        for (const lines of await readmeBlocks(usesToken, env)) assert.deepEqual(lines, ['holding deploy/prod', 'not allowed in another-team']);
+      });
+
+      t('https:// with caFile and a token: create, transition, stream round trip', async () => {
+        await roundTrip(https(tlsAddr));
+      });
+
+      t('mTLS: the client certificate stands for the caller without a token; no certificate fails at once', async () => {
+        await roundTrip(https(mtlsAddr, null, { cert: true }));
+        const elsewhere = newNamespace().replace(/^n-/, 'u-');
+        const denied = await failsWithin(https(mtlsAddr, null, { cert: true, namespace: elsewhere }).getLease('k'), PermissionDenied);
+        assert.equal(denied.namespace, elsewhere);
+        const noCert = await failsWithin(https(mtlsAddr, 'admin').getLease('k'), Unavailable);
+        assert.equal(noCert.isBaton, false);
+      });
+
+      t('a missing or wrong token is Unauthenticated, on calls and streams', async () => {
+        const task = (await https(tlsAddr).createEntity('task')).entity;
+        for (const token of [undefined, 'bt_not-a-token']) {
+          const c = client(`https://${tlsAddr}`, { caFile: secured().certs.ca, token });
+          const err = await failsWithin(c.getEntity(task.id), Unauthenticated);
+          assert.ok(err.codeName === 'UNAUTHENTICATED' && err.reason === 'UNAUTHENTICATED' && err.isBaton, err.message);
+          // The server's message tells whether a token came: without one the client sends no authorization header.
+          assert.equal(err.details.includes('no credentials'), token === undefined, err.details);
+          await failsWithin(c.transition(task.id, 'start'), Unauthenticated);
+          await failsWithin(tape(c, task.id), Unauthenticated);
+        }
+        assert.equal((await https(tlsAddr).getEntity(task.id)).version, 1, 'nothing was written');
+      });
+
+      t('a grant is held to its namespaces and role: PermissionDenied names them', async () => {
+        const elsewhere = newNamespace().replace(/^n-/, 'u-');
+        const other = https(tlsAddr, 'writer', { namespace: elsewhere });
+        const err = await failsWithin(other.createEntity('task'), PermissionDenied);
+        assert.ok(err.codeName === 'PERMISSION_DENIED' && err.isBaton && err.namespace === elsewhere && err.needsRole === undefined, err.message);
+        await failsWithin(tape(other, 'any'), PermissionDenied);
+        const reader = https(tlsAddr, 'reader');
+        const low = await failsWithin(reader.createEntity('task'), PermissionDenied);
+        assert.deepEqual([low.namespace, low.needsRole], [ns, 'write']);
+        assert.equal((await reader.getLease('k')).lease, null, 'reads are allowed');
+      });
+
+      t('a plaintext or untrusting client against the TLS port fails within seconds', async () => {
+        const token = secured().tokens.writer;
+        for (const target of [`http://${tlsAddr}`, `https://${tlsAddr}`]) {
+          const err = await failsWithin(client(target, { token, channelOptions: {} }).getLease('k'), Unavailable);
+          assert.equal(err.isBaton, false, target);
+        }
+      });
+
+      t('a lease renews over TLS with a token', async () => {
+        // Each renewal carries the token: without it the server would refuse it and the lease would be lost.
+        await leaseRenewsAndFences(https(tlsAddr));
+      });
+
+      t('a stream resumes over TLS with a token after SIGKILL of its replica', async () => {
+        // The proxy passes the TLS bytes through; the resumed stream makes a new handshake and sends the token again.
+        await readThroughFailover('SIGKILL', { connect: (addr) => https(addr, 'admin'), args: secured().args(), tls: true });
+      });
     });
 
     const S4_ROUNDS = 3;
@@ -341,6 +410,23 @@ for (const backend of ['sqlite', 'postgres']) {
       assert.deepEqual(listed, [results[0].entity.id]);
     });
   });
+}
+
+/** A lease (TTL 1.5 s, renewed every 300 ms) lives through two TTLs on renewals alone,
+ * fences a transition, and is released; its key. */
+async function leaseRenewsAndFences(c) {
+  const task = (await c.createEntity('task')).entity;
+  const key = `task:${task.id}`;
+  const lease = await c.lease(key, 'worker', 1.5, { renewIntervalMs: 300 }).acquire();
+  const outcome = await Promise.race([lease.waitLost().then(() => 'lost'), new Promise((r) => setTimeout(() => r('alive'), 3000))]);
+  assert.equal(outcome, 'alive', String(lease.lostCause));
+  assert.ok(lease.renewals >= 6, `${lease.renewals} renewals`);
+  assert.equal((await c.getLease(key)).lease.token, lease.token);
+  const r = await lease.transition(task.id, 'start', { events: [['progress', 'mine']] });
+  assert.ok(r.applied && r.seqs.length === 2);
+  assert.equal(await lease.release(), true);
+  assert.equal((await c.getLease(key)).lease, null);
+  return key;
 }
 
 /** Collect a stream's events. */

@@ -1,12 +1,17 @@
-// Certificates made for the test (a CA, a server cert for 127.0.0.1, a client cert) and a
-// gRPC forwarder: a real gRPC server in front of a real baton that records the metadata it
-// receives and passes every call through, byte for byte. baton does not serve TLS or check
-// tokens yet; the forwarder is how the tests see what the client puts on the wire.
+// A secured baton for the tests: certificates made for the run (a CA, a server cert for
+// 127.0.0.1, a client cert), a tokens file written from `baton token create`, and the
+// `baton serve` flags that turn on TLS, mTLS and bearer tokens.
+import { execFileSync } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import forge from 'node-forge';
+import { BATON_BIN } from './harness.mjs';
+
+/** The client certificate's common name; the tokens file lists it as an [[identity]]. */
+export const CLIENT_CN = 'worker-1';
+/** Namespaces the test grants cover (every test namespace starts so, see newNamespace). */
+export const GRANTED = 'n-*';
 
 /** An RSA key pair made by Node's own crypto (fast), in node-forge's form. */
 function keyPair() {
@@ -29,7 +34,8 @@ function certificate(subjectCn, issuer, publicKey, signingKey, extensions) {
   return cert;
 }
 
-/** ca.pem; server.pem/server.key (SAN 127.0.0.1, localhost); client.pem/client.key. */
+/** ca.pem; server.pem/server.key (SAN 127.0.0.1, localhost); client.pem/client.key (CN
+ * CLIENT_CN, SAN DNS baton-test-client). */
 export function makeCerts(dir) {
   const caKeys = keyPair();
   const ca = certificate('baton test CA', null, caKeys.publicKey, caKeys.privateKey, [
@@ -38,12 +44,12 @@ export function makeCerts(dir) {
   ]);
   const files = { ca: path.join(dir, 'ca.pem') };
   fs.writeFileSync(files.ca, forge.pki.certificateToPem(ca));
-  for (const [who, ext] of [
-    ['server', [{ name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }, { type: 2, value: 'localhost' }] }, { name: 'extKeyUsage', serverAuth: true }]],
-    ['client', [{ name: 'subjectAltName', altNames: [{ type: 2, value: 'baton-test-client' }] }, { name: 'extKeyUsage', clientAuth: true }]],
+  for (const [who, cn, ext] of [
+    ['server', 'baton test server', [{ name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }, { type: 2, value: 'localhost' }] }, { name: 'extKeyUsage', serverAuth: true }]],
+    ['client', CLIENT_CN, [{ name: 'subjectAltName', altNames: [{ type: 2, value: 'baton-test-client' }] }, { name: 'extKeyUsage', clientAuth: true }]],
   ]) {
     const keys = keyPair();
-    const cert = certificate(`baton test ${who}`, ca.subject.attributes, keys.publicKey, caKeys.privateKey, ext);
+    const cert = certificate(cn, ca.subject.attributes, keys.publicKey, caKeys.privateKey, ext);
     files[who] = path.join(dir, `${who}.pem`);
     files[`${who}Key`] = path.join(dir, `${who}.key`);
     fs.writeFileSync(files[who], forge.pki.certificateToPem(cert));
@@ -52,53 +58,44 @@ export function makeCerts(dir) {
   return files;
 }
 
-const METHODS = [
-  'AcquireLease', 'RenewLease', 'ReleaseLease', 'GetLease', 'DefineMachine', 'GetMachine',
-  'CreateEntity', 'GetEntity', 'ListEntities', 'Transition', 'AppendEvents', 'StreamEvents',
-];
-const id = (b) => b;
+/** `baton token create --output json`: {secret, entry}, as an operator makes them. */
+export function createToken(subject, role, namespaces) {
+  const args = ['token', 'create', '--subject', subject, '--role', role, '--output', 'json', ...namespaces.flatMap((ns) => ['-n', ns])];
+  return JSON.parse(execFileSync(BATON_BIN, args, { encoding: 'utf8', timeout: 30_000 }));
+}
 
-/** A gRPC server (plaintext, TLS or mTLS) forwarding every call to `upstream`. */
-export class Forwarder {
-  static async create(upstream, { certs = null, mtls = false } = {}) {
-    const f = new Forwarder();
-    f.seen = []; // [method, authorization header or null]
-    f.upstream = new grpc.Client(upstream, grpc.credentials.createInsecure());
-    f.server = new grpc.Server();
-    const definition = {};
-    const impl = {};
-    for (const name of METHODS) {
-      const streaming = name === 'StreamEvents';
-      const p = `/baton.v1.Coordinator/${name}`;
-      definition[name] = { path: p, requestStream: false, responseStream: streaming, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id };
-      impl[name] = streaming
-        ? (call) => {
-            f.record(name, call.metadata);
-            const up = f.upstream.makeServerStreamRequest(p, id, id, call.request);
-            up.on('data', (d) => call.write(d));
-            up.on('status', (s) => (s.code === 0 ? call.end() : call.destroy(Object.assign(new Error(s.details), s))));
-            up.on('error', () => {});
-            call.on('cancelled', () => up.cancel());
-          }
-        : (call, cb) => {
-            f.record(name, call.metadata);
-            f.upstream.makeUnaryRequest(p, id, id, call.request, (err, resp) => cb(err, resp));
-          };
+/** Certificates and a tokens file in `dir`, and the flags that serve with them.
+ *
+ * Tokens (`tokens[name]` is the secret): `admin` (admin everywhere: defines machines),
+ * `writer` (write in GRANTED), `reader` (read in GRANTED). The client certificate
+ * (CLIENT_CN) may write in GRANTED with no token at all. */
+export class Secured {
+  constructor(dir) {
+    this.certs = makeCerts(dir);
+    this.tokens = {};
+    const entries = [];
+    for (const [name, role, namespaces] of [['admin', 'admin', ['*']], ['writer', 'write', [GRANTED]], ['reader', 'read', [GRANTED]]]) {
+      const made = createToken(`test-${name}`, role, namespaces);
+      this.tokens[name] = made.secret;
+      entries.push(made.entry);
     }
-    f.server.addService(definition, impl);
-    const creds = certs
-      ? grpc.ServerCredentials.createSsl(mtls ? fs.readFileSync(certs.ca) : null, [{ private_key: fs.readFileSync(certs.serverKey), cert_chain: fs.readFileSync(certs.server) }], mtls)
-      : grpc.ServerCredentials.createInsecure();
-    f.port = await new Promise((resolve, reject) => f.server.bindAsync('127.0.0.1:0', creds, (err, port) => (err ? reject(err) : resolve(port))));
-    return f;
+    entries.push(`[[identity]]\nsubject = "${CLIENT_CN}"\nrole = "write"\nnamespaces = ["${GRANTED}"]\n`);
+    this.tokensFile = path.join(dir, 'tokens.toml');
+    fs.writeFileSync(this.tokensFile, entries.join('\n'));
   }
 
-  record(method, metadata) {
-    this.seen.push([method, metadata.get('authorization')[0] ?? null]);
+  /** `baton serve` flags: TLS and tokens; with `mtls`, client certificates required. */
+  args({ mtls = false } = {}) {
+    const args = ['--tls-cert', this.certs.server, '--tls-key', this.certs.serverKey, '--auth-tokens', this.tokensFile];
+    return mtls ? [...args, '--tls-client-ca', this.certs.ca] : args;
   }
 
-  close() {
-    this.server.forceShutdown();
-    this.upstream.close();
+  /** Client options: the CA, the named token (null: none), the client certificate when `cert`. */
+  clientOptions(token = 'writer', { cert = false } = {}) {
+    return {
+      caFile: this.certs.ca,
+      ...(token === null ? {} : { token: this.tokens[token] }),
+      ...(cert ? { certFile: this.certs.client, keyFile: this.certs.clientKey } : {}),
+    };
   }
 }

@@ -31,6 +31,8 @@ class Reason(str, enum.Enum):
     MACHINE_NOT_FOUND = "MACHINE_NOT_FOUND"
     ENTITY_EXISTS = "ENTITY_EXISTS"
     CURSOR_EXPIRED = "CURSOR_EXPIRED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     INTERNAL = "INTERNAL"
@@ -167,6 +169,24 @@ class CursorExpired(BatonError):
     """``after_seq`` older than the retained tape (``earliest_seq`` in metadata)."""
 
 
+class Unauthenticated(BatonError):
+    """UNAUTHENTICATED: no token, or one the server does not know or that expired (and no
+    client certificate it knows). Fix the credentials; retrying will not help."""
+
+
+class PermissionDenied(BatonError):
+    """PERMISSION_DENIED: the caller's grant does not cover this call: ``namespace`` is
+    outside it, or ``needs_role`` is a role above the caller's."""
+
+    @property
+    def namespace(self) -> Optional[str]:
+        return self.metadata.get("namespace")
+
+    @property
+    def needs_role(self) -> Optional[str]:
+        return self.metadata.get("needs_role")
+
+
 class Unavailable(BatonError):
     """UNAVAILABLE: transport trouble, a draining replica or an unreachable database."""
 
@@ -205,6 +225,8 @@ _BY_REASON: Dict[str, Type[BatonError]] = {
     Reason.MACHINE_NOT_FOUND: MachineNotFound,
     Reason.ENTITY_EXISTS: EntityExists,
     Reason.CURSOR_EXPIRED: CursorExpired,
+    Reason.UNAUTHENTICATED: Unauthenticated,
+    Reason.PERMISSION_DENIED: PermissionDenied,
     Reason.DATABASE_UNAVAILABLE: DatabaseUnavailable,
     Reason.SHUTTING_DOWN: ShuttingDown,
     Reason.INTERNAL: Internal,
@@ -213,6 +235,8 @@ _BY_REASON: Dict[str, Type[BatonError]] = {
 _BY_CODE: Dict[grpc.StatusCode, Type[BatonError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.CANCELLED: Cancelled,

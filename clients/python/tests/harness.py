@@ -19,7 +19,7 @@ import subprocess
 import threading
 import uuid
 from pathlib import Path
-from typing import IO, List, Optional, Tuple
+from typing import IO, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[3]
@@ -44,10 +44,11 @@ class BatonServer:
     """One `baton serve --listen 127.0.0.1:0`; its address is read from the JSON log
     line `baton serving` on stderr (no polling, no sleeps)."""
 
-    def __init__(self, database_url: str, log_path: Path, heartbeat: str = "1s") -> None:
+    def __init__(self, database_url: str, log_path: Path, heartbeat: str = "1s", args: Sequence[str] = ()) -> None:
         self.database_url = database_url
         self.log_path = log_path
         self.heartbeat = heartbeat
+        self.args = list(args)  # more flags: TLS, tokens
         self.addr = ""
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._ready = threading.Event()
@@ -58,7 +59,7 @@ class BatonServer:
             raise ServerError(f"baton binary not found at {BATON_BIN}: build it or set BATON_BIN")
         cmd = [
             str(BATON_BIN), "serve", "--listen", "127.0.0.1:0", "--log-format", "json",
-            "--database-url", self.database_url, "--heartbeat", self.heartbeat, "--drain", "2s",
+            "--database-url", self.database_url, "--heartbeat", self.heartbeat, "--drain", "2s", *self.args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         log = open(self.log_path, "ab")
@@ -156,10 +157,13 @@ class Postgres:
 class TcpProxy:
     """A loopback TCP proxy. `upstream` can be switched (new connections go there);
     `blackhole()` makes it swallow every byte in both directions while keeping the
-    connections open, as a network partition would."""
+    connections open, as a network partition would. With `tls` the bytes are TLS records,
+    passed on as they come; without, the server's are cut at HTTP/2 frames, so that
+    `cut_next_response()` can drop one."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, tls: bool = False) -> None:
         self.upstream = upstream
+        self.tls = tls
         self.blackholed = False
         self.cuts = 0
         self._cut_armed = False
@@ -182,6 +186,8 @@ class TcpProxy:
         """Let requests through; when the server starts its next response (an HTTP/2
         HEADERS or DATA frame on a stream), drop it and reset that connection. The call
         has then been handled -- committed, for a write -- but its answer never arrives."""
+        if self.tls:
+            raise ValueError("cut_next_response needs plaintext HTTP/2, not TLS")
         self._cut_armed = True
 
     def _accept_loop(self) -> None:
@@ -218,7 +224,7 @@ class TcpProxy:
                         return
                     if self.blackholed:
                         continue
-                    if src is b:
+                    if src is b and not self.tls:
                         for frame in frames.feed(data):
                             if self._cut_armed and frame[3] in (0, 1) and int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF:
                                 self._cut_armed = False

@@ -78,3 +78,17 @@ def assert_sealed_tape(events: Sequence[pb.Event], after_seq: int = 0) -> None:
     finals = [e for e in events if e.type == "final"]
     assert len(finals) == 1, f"{len(finals)} final events in {[(e.seq, e.type) for e in events]}"
     assert events[-1].type == "final", f"last event is {events[-1].type!r}, not final"
+
+
+def lease_renews_and_fences(client: Client) -> None:
+    """A lease (TTL 1.5 s, renewed every 0.3 s) lives through two TTLs on renewals alone,
+    fences a transition, and is released on exit."""
+    task = client.create_entity("task").entity
+    key = f"task:{task.id}"
+    with client.lease(key, "worker", ttl=1.5, renew_interval=0.3) as lease:
+        assert not lease.wait_lost(3.0), lease.lost_cause
+        assert lease.renewals >= 6, lease.renewals
+        assert client.get_lease(key).lease.token == lease.token
+        resp = lease.transition(task.id, "start", events=[("progress", "mine")])
+        assert resp.applied and len(resp.seqs) == 2
+    assert not client.get_lease(key).HasField("lease"), "released on exit"

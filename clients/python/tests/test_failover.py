@@ -1,5 +1,6 @@
 """Failure behaviour through a TCP proxy: a stream whose replica is killed (-9) resumes
-on the other replica with no gap and no duplicate, in the clients and in `baton tail`;
+on the other replica with no gap and no duplicate, in the clients (also over TLS with a
+token) and in `baton tail`;
 a lease whose renewals are blackholed reports `lost` by its own clock, and its fence is
 then refused."""
 
@@ -13,38 +14,16 @@ import subprocess
 import threading
 import time
 import uuid
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import pytest
 
 import baton_client
 from baton_client import AsyncClient, Client, pb
-from conftest import CHANNEL_OPTIONS, Cluster
+from conftest import CHANNEL_OPTIONS, Cluster, TwoReplicas
 from harness import BATON_BIN, BatonServer, TcpProxy
-from helpers import assert_sealed_tape, drive, spec_of
-
-
-class TwoReplicas:
-    """Replica A behind a proxy; `fail_over()` kills A with SIGKILL and points the proxy
-    at replica B. On Postgres B runs beside A on the same database; on SQLite (one node)
-    B is A's successor on the same file."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.url = cluster.url if cluster.backend == "postgres" else cluster.fresh_sqlite_url()
-        self.a = cluster.replica(self.url)
-        self.b: BatonServer | None = cluster.replica(self.url) if cluster.backend == "postgres" else None
-        self.proxy = TcpProxy(self.a.addr)
-
-    def fail_over(self, sig: int = signal.SIGKILL) -> BatonServer:
-        self.a.stop(sig)
-        if self.b is None:
-            self.b = self.cluster.replica(self.url)
-        self.proxy.set_upstream(self.b.addr)
-        return self.b
-
-    def close(self) -> None:
-        self.proxy.close()
+from tls_helpers import Secured
+from helpers import assert_sealed_tape, drive, lease_renews_and_fences, spec_of
 
 
 @pytest.fixture
@@ -57,9 +36,17 @@ def replicas(cluster: Cluster) -> Any:
 PROGRESS_BEFORE, PROGRESS_AFTER = 5, 7
 
 
-def _prepare(replicas: TwoReplicas, namespace: str, machine_specs: Any) -> Tuple[pb.MachineSpec, str]:
+#: A client of the server at an address (host:port), with more keyword arguments.
+Connect = Callable[..., Client]
+
+
+def _plaintext(namespace: str) -> Connect:
+    return lambda addr, **kw: Client(addr, namespace, **kw)
+
+
+def _prepare(replicas: TwoReplicas, machine_specs: Any, connect: Connect) -> Tuple[pb.MachineSpec, str]:
     spec = spec_of(machine_specs, "task")
-    with Client(replicas.a.addr, namespace) as writer:
+    with connect(replicas.a.addr) as writer:
         writer.apply_machines(machine_specs)
         task = writer.create_entity(spec.kind).entity
         writer.transition(task.id, "start")
@@ -67,8 +54,8 @@ def _prepare(replicas: TwoReplicas, namespace: str, machine_specs: Any) -> Tuple
     return spec, task.id
 
 
-def _finish_on(server: BatonServer, namespace: str, spec: pb.MachineSpec, task_id: str) -> None:
-    with Client(server.addr, namespace) as writer:
+def _finish_on(server: BatonServer, spec: pb.MachineSpec, task_id: str, connect: Connect) -> None:
+    with connect(server.addr) as writer:
         for i in range(PROGRESS_AFTER):
             writer.append_events(task_id, [("progress", {"i": PROGRESS_BEFORE + i})])
         drive(writer, spec, task_id, spec.terminal_states)
@@ -82,15 +69,12 @@ def _check(events: List[pb.Event], resumes: int) -> None:
     assert resumes >= 1, "the stream never broke: the test did not test a failover"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
-def test_sync_stream_resumes_on_the_other_replica_after_kill(
-    replicas: TwoReplicas, namespace: str, machine_specs: Any, sig: int
-) -> None:
-    """SIGKILL: the connection just drops. SIGTERM: the replica drains and ends the stream
-    with UNAVAILABLE / SHUTTING_DOWN, a baton answer that still means "resume"."""
-    spec, task_id = _prepare(replicas, namespace, machine_specs)
+def _read_through_failover(replicas: TwoReplicas, machine_specs: Any, connect: Connect, sig: int) -> baton_client.EventStream:
+    """Read a tape through the proxy while its replica fails over (`sig`) and the tape is
+    finished on the other; check it whole; the stream."""
+    spec, task_id = _prepare(replicas, machine_specs, connect)
     out: "queue.Queue[Any]" = queue.Queue()
-    with Client(replicas.proxy.addr, namespace, options=CHANNEL_OPTIONS) as reader:
+    with connect(replicas.proxy.addr, options=CHANNEL_OPTIONS) as reader:
         stream = reader.stream_events(task_id, give_up_after=20)
 
         def consume() -> None:
@@ -105,18 +89,43 @@ def test_sync_stream_resumes_on_the_other_replica_after_kill(
         events = [out.get(timeout=10) for _ in range(1 + PROGRESS_BEFORE)]
         assert [e.seq for e in events] == list(range(1, 2 + PROGRESS_BEFORE))
         b = replicas.fail_over(sig)
-        _finish_on(b, namespace, spec, task_id)
+        _finish_on(b, spec, task_id, connect)
         while (item := out.get(timeout=30)) is not None:
             if isinstance(item, Exception):
                 raise item
             events.append(item)
         _check(events, stream.resumes)
-        if sig == signal.SIGTERM:
-            assert any(e is not None and e.reason == "SHUTTING_DOWN" for e in stream.ends), stream.ends
+    return stream
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_sync_stream_resumes_on_the_other_replica_after_kill(
+    replicas: TwoReplicas, namespace: str, machine_specs: Any, sig: int
+) -> None:
+    """SIGKILL: the connection just drops. SIGTERM: the replica drains and ends the stream
+    with UNAVAILABLE / SHUTTING_DOWN, a baton answer that still means "resume"."""
+    stream = _read_through_failover(replicas, machine_specs, _plaintext(namespace), sig)
+    if sig == signal.SIGTERM:
+        assert any(e is not None and e.reason == "SHUTTING_DOWN" for e in stream.ends), stream.ends
+
+
+def test_stream_resumes_over_tls_with_a_token_after_kill(cluster: Cluster, secured: Secured, namespace: str, machine_specs: Any) -> None:
+    """The same over TLS with a bearer token: the proxy passes the TLS bytes through, a
+    replica is killed (-9) mid-stream, and the stream resumes with a new handshake and
+    the token again (the server refuses a call without it)."""
+    replicas = TwoReplicas(cluster, secured.args(), tls=True)
+
+    def connect(addr: str, **kw: Any) -> Client:
+        return Client(f"https://{addr}", namespace, **secured.client_kw("admin"), **kw)
+
+    try:
+        _read_through_failover(replicas, machine_specs, connect, signal.SIGKILL)
+    finally:
+        replicas.close()
 
 
 def test_async_stream_resumes_on_the_other_replica_after_kill(replicas: TwoReplicas, namespace: str, machine_specs: Any) -> None:
-    spec, task_id = _prepare(replicas, namespace, machine_specs)
+    spec, task_id = _prepare(replicas, machine_specs, _plaintext(namespace))
 
     async def main() -> None:
         async with AsyncClient(replicas.proxy.addr, namespace, options=CHANNEL_OPTIONS) as reader:
@@ -133,7 +142,7 @@ def test_async_stream_resumes_on_the_other_replica_after_kill(replicas: TwoRepli
             task = asyncio.create_task(consume())
             await asyncio.wait_for(seen_before.wait(), 10)
             b = replicas.fail_over()
-            await asyncio.to_thread(_finish_on, b, namespace, spec, task_id)
+            await asyncio.to_thread(_finish_on, b, spec, task_id, _plaintext(namespace))
             await asyncio.wait_for(task, 30)
             _check(events, stream.resumes)
 
@@ -158,7 +167,7 @@ def test_cli_tail_resumes_on_the_other_replica(replicas: TwoReplicas, namespace:
     """`baton tail` (the CLI) through the proxy: its replica is killed (-9) or drains, it
     resumes on the other one after the last seq it printed, and exits 0 after `final`;
     its JSON lines are the whole tape, each event once."""
-    spec, task_id = _prepare(replicas, namespace, machine_specs)
+    spec, task_id = _prepare(replicas, machine_specs, _plaintext(namespace))
     cmd = [
         str(BATON_BIN), "tail", task_id, "--addr", replicas.proxy.addr, "--namespace", namespace,
         "--output", "json", "--give-up-after", "20s",
@@ -175,7 +184,7 @@ def test_cli_tail_resumes_on_the_other_replica(replicas: TwoReplicas, namespace:
         events = [next_event(10) for _ in range(1 + PROGRESS_BEFORE)]
         assert [e["seq"] for e in events] == list(range(1, 2 + PROGRESS_BEFORE))
         b = replicas.fail_over(sig)
-        _finish_on(b, namespace, spec, task_id)
+        _finish_on(b, spec, task_id, _plaintext(namespace))
         while events[-1]["type"] != "final":
             events.append(next_event(30))
         assert stdout.get(timeout=10) is None, "nothing after final"
@@ -274,14 +283,4 @@ def test_async_lease_reports_lost_when_renewals_are_blackholed(cluster: Cluster,
 
 
 def test_lease_renews_in_the_background_and_fences_writes(client: Client, machine_specs: Any) -> None:
-    task = client.create_entity("task").entity
-    key = f"task:{task.id}"
-    with client.lease(key, "worker", ttl=1.5, renew_interval=0.3) as lease:
-        token = lease.token
-        # 2 TTLs pass: only renewals keep it alive.
-        assert not lease.wait_lost(3.0), lease.lost_cause
-        assert lease.renewals >= 6, lease.renewals
-        assert client.get_lease(key).lease.token == token
-        resp = lease.transition(task.id, "start", events=[("progress", "mine")])
-        assert resp.applied and len(resp.seqs) == 2
-    assert not client.get_lease(key).HasField("lease"), "released on exit"
+    lease_renews_and_fences(client)

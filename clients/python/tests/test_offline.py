@@ -141,6 +141,8 @@ def _status(reason: str, domain: str, **metadata: str) -> bytes:
         ("VERSION_MISMATCH", baton_client.VersionMismatch),
         ("REQUEST_ID_REUSED", baton_client.RequestIdReused),
         ("SHUTTING_DOWN", baton_client.ShuttingDown),
+        ("UNAUTHENTICATED", baton_client.Unauthenticated),
+        ("PERMISSION_DENIED", baton_client.PermissionDenied),
     ],
 )
 def test_error_classes_follow_the_reason(reason: str, cls: type) -> None:
@@ -160,6 +162,13 @@ def test_errors_without_baton_error_info_are_transport_errors() -> None:
     assert type(bare) is baton_client.Internal and bare.reason is None and not bare.is_baton
     garbage = baton_client.from_rpc_error(_RpcError(grpc.StatusCode.UNKNOWN, "x", (("grpc-status-details-bin", b"\xff\xff"),)))
     assert type(garbage) is BatonError and garbage.reason is None
+    # A proxy in front of baton may refuse credentials itself: still the typed error.
+    proxy = baton_client.from_rpc_error(_RpcError(grpc.StatusCode.UNAUTHENTICATED, "no", ()))
+    assert type(proxy) is baton_client.Unauthenticated and not proxy.is_baton
+    denied = baton_client.from_rpc_error(
+        _RpcError(grpc.StatusCode.PERMISSION_DENIED, "m", (("grpc-status-details-bin", _status("PERMISSION_DENIED", "baton", namespace="b", needs_role="write")),))
+    )
+    assert isinstance(denied, baton_client.PermissionDenied) and (denied.namespace, denied.needs_role) == ("b", "write")
 
 
 @pytest.mark.parametrize(

@@ -1,21 +1,28 @@
-"""Certificates made for the test (a CA, a server cert for 127.0.0.1, a client cert) and
-a gRPC forwarder: a real gRPC server in front of a real baton that records the metadata
-it receives and passes every call through, byte for byte. baton does not serve TLS or
-check tokens yet; the forwarder is how the tests see what the client puts on the wire."""
+"""A secured baton for the tests: certificates made for the run (a CA, a server cert for
+127.0.0.1, a client cert), a tokens file written from `baton token create`, and the
+`baton serve` flags that turn on TLS, mTLS and bearer tokens."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-from concurrent.futures import ThreadPoolExecutor
+import json
+import subprocess
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from harness import BATON_BIN
+
+#: The client certificate's common name; the tokens file lists it as an [[identity]].
+CLIENT_CN = "worker-1"
+#: Namespaces the test grants cover (every test's `namespace` fixture starts so); a
+#: namespace outside them is what a token may not use.
+GRANTED = "t-*"
 
 
 def _name(cn: str) -> x509.Name:
@@ -27,7 +34,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def make_certs(out: Path) -> Dict[str, Path]:
-    """ca.pem; server.pem/server.key (SAN 127.0.0.1, localhost); client.pem/client.key."""
+    """ca.pem; server.pem/server.key (SAN 127.0.0.1, localhost); client.pem/client.key
+    (CN `CLIENT_CN`, SAN DNS baton-test-client)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -39,18 +47,26 @@ def make_certs(out: Path) -> Dict[str, Path]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
         .sign(ca_key, hashes.SHA256())
     )
     files = {"ca": out / "ca.pem"}
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for who, usage, san in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH, [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("baton-test-client")]),
-    ):
+    for who, cn, usage, san in (
+        ("server", "baton test server", ExtendedKeyUsageOID.SERVER_AUTH,
+         [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+        ("client", CLIENT_CN, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("baton-test-client")]),
+    ):  # fmt: skip
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(f"baton test {who}"))
+            .subject_name(_name(cn))
             .issuer_name(ca.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -67,56 +83,52 @@ def make_certs(out: Path) -> Dict[str, Path]:
     return files
 
 
-class Forwarder:
-    """A gRPC server (plaintext, TLS or mTLS) forwarding every call to `upstream`."""
-
-    def __init__(self, upstream: str, certs: Optional[Dict[str, Path]] = None, *, mtls: bool = False) -> None:
-        self.seen: List[Tuple[str, Dict[str, str]]] = []  # (method, metadata) per call
-        self._channel = grpc.insecure_channel(upstream)
-        self._server = grpc.server(ThreadPoolExecutor(8), handlers=[_Handler(self)])
-        if certs is None:
-            port = self._server.add_insecure_port("127.0.0.1:0")
-        else:
-            creds = grpc.ssl_server_credentials(
-                [(certs["server_key"].read_bytes(), certs["server"].read_bytes())],
-                root_certificates=certs["ca"].read_bytes() if mtls else None,
-                require_client_auth=mtls,
-            )
-            port = self._server.add_secure_port("127.0.0.1:0", creds)
-        self.port = port
-        self._server.start()
-
-    def record(self, method: str, ctx: grpc.ServicerContext) -> Tuple[Tuple[str, Any], ...]:
-        md = {k: v for k, v in ctx.invocation_metadata() if isinstance(v, str)}
-        self.seen.append((method.rsplit("/", 1)[-1], md))
-        return ()
-
-    def close(self) -> None:
-        self._server.stop(None)
-        self._channel.close()
+def create_token(subject: str, role: str, namespaces: List[str]) -> Dict[str, str]:
+    """`baton token create --output json`: {"secret": …, "entry": …}, as an operator makes them."""
+    cmd = [str(BATON_BIN), "token", "create", "--subject", subject, "--role", role, "--output", "json"]
+    for ns in namespaces:
+        cmd += ["-n", ns]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    made: Dict[str, str] = json.loads(proc.stdout)
+    return made
 
 
-class _Handler(grpc.GenericRpcHandler):
-    def __init__(self, fwd: Forwarder) -> None:
-        self.fwd = fwd
+class Secured:
+    """Certificates and a tokens file in `workdir`, and the flags that serve with them.
 
-    def service(self, details: grpc.HandlerCallDetails) -> Optional[grpc.RpcMethodHandler]:
-        method: str = details.method  # type: ignore[attr-defined]
-        fwd = self.fwd
+    Tokens (`tokens[name]` is the secret): `admin` (admin everywhere: defines machines),
+    `writer` (write in `GRANTED`), `reader` (read in `GRANTED`). The client certificate
+    (`CLIENT_CN`) may write in `GRANTED` with no token at all."""
 
-        def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
-            fwd.record(method, ctx)
-            try:
-                return fwd._channel.unary_unary(method)(req, timeout=ctx.time_remaining())  # type: ignore[no-any-return]
-            except grpc.RpcError as err:
-                ctx.set_trailing_metadata(err.trailing_metadata())  # type: ignore[attr-defined]
-                ctx.abort(err.code(), err.details())  # type: ignore[attr-defined]
-                raise
+    def __init__(self, workdir: Path) -> None:
+        self.certs = make_certs(workdir)
+        self.tokens: Dict[str, str] = {}
+        entries = []
+        for name, role, namespaces in (("admin", "admin", ["*"]), ("writer", "write", [GRANTED]), ("reader", "read", [GRANTED])):
+            made = create_token(f"test-{name}", role, namespaces)
+            self.tokens[name] = made["secret"]
+            entries.append(made["entry"])
+        entries.append(f'[[identity]]\nsubject = "{CLIENT_CN}"\nrole = "write"\nnamespaces = ["{GRANTED}"]\n')
+        self.tokens_file = workdir / "tokens.toml"
+        self.tokens_file.write_text("\n".join(entries))
 
-        def stream(req: bytes, ctx: grpc.ServicerContext) -> Iterator[bytes]:
-            fwd.record(method, ctx)
-            yield from fwd._channel.unary_stream(method)(req)
+    def args(self, *, mtls: bool = False) -> List[str]:
+        """`baton serve` flags: TLS and tokens; with `mtls`, client certificates required."""
+        args = [
+            "--tls-cert", str(self.certs["server"]), "--tls-key", str(self.certs["server_key"]),
+            "--auth-tokens", str(self.tokens_file),
+        ]  # fmt: skip
+        if mtls:
+            args += ["--tls-client-ca", str(self.certs["ca"])]
+        return args
 
-        if method.endswith("/StreamEvents"):
-            return grpc.unary_stream_rpc_method_handler(stream)
-        return grpc.unary_unary_rpc_method_handler(unary)
+    def client_kw(self, token: Optional[str] = "writer", *, cert: bool = False) -> Dict[str, Any]:
+        """Client keyword arguments: the CA, the named token (None: none), the client
+        certificate when `cert`."""
+        kw: Dict[str, Any] = {"ca_file": self.certs["ca"]}
+        if token is not None:
+            kw["token"] = self.tokens[token]
+        if cert:
+            kw.update(cert_file=self.certs["client"], key_file=self.certs["client_key"])
+        return kw
