@@ -17,7 +17,13 @@ pub struct Settings {
     #[arg(long, env = "BATON_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Database: sqlite:PATH (created if missing) or postgres://USER[:PASS]@HOST[:PORT]/DB.
-    #[arg(long, env = "BATON_DATABASE_URL", default_value = "sqlite:baton.db")]
+    // The URL may carry a password: help never shows the environment's value.
+    #[arg(
+        long,
+        env = "BATON_DATABASE_URL",
+        default_value = "sqlite:baton.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Longest graceful shutdown on SIGINT/SIGTERM.
     #[arg(long, env = "BATON_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]

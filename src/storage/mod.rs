@@ -288,16 +288,114 @@ pub async fn connect(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>>
     }
 }
 
-/// A URL with any password replaced, for error messages and logs.
+/// A database URL (or libpq `key=value` connection string) with every password replaced by
+/// `***`, for error messages and logs. Errs on the side of hiding: the user information runs
+/// to the *last* `@` (a password may hold an unencoded `@`; tokio-postgres stops at the first
+/// one and would read the rest as the host), and the value of every `password`-like
+/// parameter (`password`, `sslpassword`, in a query string or a connection string) is hidden.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+    let url = match url.find("://") {
+        Some(s) => {
+            let (scheme, rest) = url.split_at(s + 3);
+            match rest.rfind('@') {
+                Some(at) => {
+                    let user = rest[..at].split_once(':').map_or(&rest[..at], |(user, _)| user);
+                    let password = if rest[..at].contains(':') { ":***" } else { "" };
+                    format!("{scheme}{user}{password}{}", &rest[at..])
+                }
                 None => url.to_string(),
             }
         }
-        _ => url.to_string(),
+        None => url.to_string(),
+    };
+    redact_password_params(&url)
+}
+
+/// Hides the value of every parameter whose name ends in `password` (any case): `?password=…`,
+/// `&sslpassword=…`, `password = 'it''s'`.
+fn redact_password_params(s: &str) -> String {
+    const NAME: &str = "password";
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(NAME) {
+        let name_end = from + found + NAME.len();
+        let after = &s[name_end..];
+        let value_at = name_end + (after.len() - after.trim_start().len());
+        if !s[value_at..].starts_with('=') {
+            out.push_str(&s[from..name_end]);
+            from = name_end;
+            continue;
+        }
+        let value_at = value_at + 1;
+        let value = &s[value_at..];
+        let value_at = value_at + (value.len() - value.trim_start().len());
+        let value = &s[value_at..];
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            // A quoted value ends at the first quote not escaped by a backslash.
+            let mut escaped = false;
+            let end = quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(quoted.len(), |(i, _)| i + 1);
+            1 + end
+        } else {
+            value
+                .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+                .unwrap_or(value.len())
+        };
+        out.push_str(&s[from..value_at]);
+        out.push_str("***");
+        from = value_at + len;
+    }
+    out.push_str(&s[from..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn every_password_is_redacted() {
+        let cases = [
+            ("postgres://u:s3cret@db:5432/x", "postgres://u:***@db:5432/x"),
+            // An unencoded `@` in the password: hidden up to the last one.
+            ("postgres://u:p@ss@w0rd@db/x", "postgres://u:***@db/x"),
+            ("postgresql://u:a:b@db/x", "postgresql://u:***@db/x"),
+            ("postgres://u@db/x", "postgres://u@db/x"),
+            ("postgres://db/x?password=s3cret", "postgres://db/x?password=***"),
+            (
+                "postgres://u@db/x?sslmode=require&PASSWORD=s3cret&application_name=a",
+                "postgres://u@db/x?sslmode=require&PASSWORD=***&application_name=a",
+            ),
+            ("postgres://db/x?sslpassword=s3cret", "postgres://db/x?sslpassword=***"),
+            (
+                "host=db user=u password=s3cret dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            (
+                "host=db password = 'it\\'s s3cret' dbname=x",
+                "host=db password = *** dbname=x",
+            ),
+            ("sqlite:baton.db", "sqlite:baton.db"),
+            (
+                "postgres://db/x?application_name=password",
+                "postgres://db/x?application_name=password",
+            ),
+        ];
+        for (url, expected) in cases {
+            let shown = redact(url);
+            assert_eq!(shown, expected, "{url}");
+            for secret in ["s3cret", "ss", "w0rd", "it"] {
+                if url.contains(secret) && !expected.contains(secret) {
+                    assert!(!shown.contains(secret), "{url} -> {shown}");
+                }
+            }
+        }
     }
 }
