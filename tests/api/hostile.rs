@@ -1,6 +1,9 @@
 //! Hostile input (issue 13): each finding of the probe, as a regression test.
 
+use crate::helpers::*;
+use baton::proto;
 use std::process::Command;
+use tonic::{Code, Status};
 
 /// `baton serve --help` shows no environment value of a secret setting: a password in
 /// `BATON_DATABASE_URL` is not printed.
@@ -36,3 +39,71 @@ fn start_up_errors_hide_every_password() {
         assert!(!stderr.contains("s3cret"), "{url}: {stderr}");
     }
 }
+
+/// A client that accepts no more than 8 KiB of response metadata (gRPC core's default).
+async fn strict_client(app: &TestApp) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .http2_max_header_list_size(8 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    Client::new(channel)
+}
+
+/// A 64 KB bad value (an id, a namespace, an event type, a state name) is INVALID_ARGUMENT
+/// that a client with default metadata limits can read: the message and ErrorInfo quote a
+/// short prefix, not the value.
+async fn a_64kb_bad_value_is_a_readable_invalid_argument(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = strict_client(&app).await;
+    let huge = "x/".repeat(32 * 1024);
+    let mut spec = baton::grpc::convert::spec_to_proto(&example_machines()[0]);
+    spec.initial_state = huge.clone();
+    let calls: Vec<(Result<(), Status>, &str)> = vec![
+        (
+            c.get_entity(proto::GetEntityRequest {
+                namespace: NS.into(),
+                id: huge.clone(),
+            })
+            .await
+            .map(drop),
+            "id",
+        ),
+        (
+            c.get_entity(proto::GetEntityRequest {
+                namespace: huge.clone(),
+                id: "e".into(),
+            })
+            .await
+            .map(drop),
+            "namespace",
+        ),
+        (
+            append(&mut c, "e", vec![ev(&huge, "1")]).await.map(drop),
+            "events[0].type",
+        ),
+        (
+            c.define_machine(proto::DefineMachineRequest {
+                namespace: NS.into(),
+                spec: Some(spec),
+            })
+            .await
+            .map(drop),
+            "spec.initial_state",
+        ),
+    ];
+    for (result, field) in calls {
+        let s = expect_err(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+        assert_eq!(meta(&s, "field").as_deref(), Some(field), "{s:?}");
+        assert!(s.message().len() < 256, "{field}: {} bytes", s.message().len());
+        assert!(s.details().len() < 512, "{field}: {} bytes", s.details().len());
+        assert!(
+            s.message().contains(&format!("({} bytes)", huge.len())),
+            "{}",
+            s.message()
+        );
+    }
+}
+
+crate::both_backends!(a_64kb_bad_value_is_a_readable_invalid_argument);
