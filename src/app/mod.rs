@@ -195,6 +195,7 @@ impl Application {
             builder = builder.max_connection_age(age);
         }
         let router = builder
+            .layer(crate::grpc::UndecodableLayer)
             .add_service(health)
             .add_service(reflection)
             .add_service(CoordinatorServer::new(CoordinatorService::new(coordinator)));

@@ -5,8 +5,10 @@
 pub mod convert;
 pub mod parse;
 mod status;
+mod undecodable;
 
 pub use status::DOMAIN;
+pub use undecodable::UndecodableLayer;
 
 use crate::domain::command::{
     AcquireLease, AppendEvents, CreateEntity, DefineMachine, DeleteEntity, ForceReleaseLease, GetEntity, GetLease,

@@ -39,6 +39,18 @@ fn status(code: Code, reason: &str, message: String, meta: &[(&str, String)]) ->
     )
 }
 
+/// A request tonic could not decode (see `undecodable.rs`): `INVALID_ARGUMENT`, naming the
+/// field when protobuf did (`request` otherwise).
+pub(crate) fn undecodable(detail: &str) -> Status {
+    let field = super::undecodable::decode_error_field(detail).unwrap_or_else(|| "request".into());
+    status(
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        format!("undecodable request: {detail}"),
+        &[("field", field)],
+    )
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let msg = e.to_string();

@@ -1,8 +1,10 @@
 //! Hostile input (issue 13): each finding of the probe, as a regression test.
 
 use crate::helpers::*;
+use crate::raw;
 use baton::proto;
 use std::process::Command;
+use std::time::Duration;
 use tonic::{Code, Status};
 
 /// `baton serve --help` shows no environment value of a secret setting: a password in
@@ -230,3 +232,36 @@ crate::both_backends!(
     nul_is_refused_in_every_stored_string,
     a_64kb_bad_value_is_a_readable_invalid_argument
 );
+
+/// A request tonic cannot decode is INVALID_ARGUMENT with an ErrorInfo, never a bare
+/// INTERNAL: invalid UTF-8 in a string field (the field named), malformed protobuf, an
+/// empty body.
+async fn undecodable_requests_are_invalid_arguments(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // GetEntityRequest { namespace: "test", id: <0xff 0xfe> }; an AppendEventsRequest whose
+    // first event's type is not UTF-8.
+    let bad_id = [&[0x0a, 4][..], b"test", &[0x12, 2, 0xff, 0xfe]].concat();
+    let bad_type = vec![0x1a, 4, 0x0a, 2, 0xc3, 0x28];
+    let cases: [(&str, Option<Vec<u8>>, &str); 5] = [
+        ("GetEntity", Some(bad_id), "id"),
+        ("AppendEvents", Some(bad_type), "events.type"),
+        ("Transition", Some(vec![0xff, 0xff, 0xff]), "request"),
+        ("CreateEntity", Some(vec![0x0a, 0x7f]), "namespace"),
+        ("ListEntities", None, "request"),
+    ];
+    for (method, body, field) in cases {
+        let s = expect_err(
+            raw::call(&channel, method, body, Duration::from_secs(10)).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert_eq!(meta(&s, "field").as_deref(), Some(field), "{method}: {s:?}");
+    }
+}
+
+crate::both_backends!(undecodable_requests_are_invalid_arguments);

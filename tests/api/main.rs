@@ -10,6 +10,7 @@ mod hostile;
 mod housekeeping;
 mod leases;
 mod pipeline;
+mod raw;
 mod scenarios;
 mod server;
 mod tape;
