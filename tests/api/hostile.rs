@@ -265,3 +265,77 @@ async fn undecodable_requests_are_invalid_arguments(backend: Backend) {
 }
 
 crate::both_backends!(undecodable_requests_are_invalid_arguments);
+
+/// I10 over gRPC: under one request id, each second body that differs from the first in one
+/// field — a payload byte, a content type, the events' order, a field value, the sealed
+/// policy — is REQUEST_ID_REUSED, and the first body replays its answer.
+async fn a_second_body_under_one_request_id_is_refused(backend: Backend) {
+    let (_db, app) = spawn_app(backend).await;
+    let mut c = app.client().await;
+    create(&mut c, "task", "t").await;
+    transition(&mut c, "t", "start").await;
+    let append_with =
+        |rid: &str, events: Vec<proto::EventInput>, if_sealed: proto::IfSealed| proto::AppendEventsRequest {
+            namespace: NS.into(),
+            entity_id: "t".into(),
+            events,
+            if_sealed: if_sealed as i32,
+            request_id: rid.into(),
+            ..Default::default()
+        };
+    let first = vec![ev("a", "1"), ev("b", "2")];
+    let seconds = [
+        (vec![ev("a", "1"), ev("b", "3")], proto::IfSealed::Reject),
+        (
+            vec![
+                ev("a", "1"),
+                proto::EventInput {
+                    content_type: "text/html".into(),
+                    ..ev("b", "2")
+                },
+            ],
+            proto::IfSealed::Reject,
+        ),
+        (vec![ev("b", "2"), ev("a", "1")], proto::IfSealed::Reject),
+        (first.clone(), proto::IfSealed::Drop),
+    ];
+    for (i, (events, if_sealed)) in seconds.into_iter().enumerate() {
+        let rid = format!("append-{i}");
+        let answer = c
+            .append_events(append_with(&rid, first.clone(), proto::IfSealed::Reject))
+            .await
+            .unwrap()
+            .into_inner();
+        let other = c.append_events(append_with(&rid, events, if_sealed)).await;
+        expect_err(other, Code::InvalidArgument, "REQUEST_ID_REUSED");
+        let replay = c
+            .append_events(append_with(&rid, first.clone(), proto::IfSealed::Unspecified))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(replay, answer, "the same call replays its first answer");
+    }
+    // A map's entries in another order are the same call; another value is not.
+    let create_with = |fields: &[(&str, &str)]| proto::CreateEntityRequest {
+        namespace: NS.into(),
+        kind: "task".into(),
+        fields: fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        request_id: "create".into(),
+        ..Default::default()
+    };
+    let entries: Vec<(String, String)> = (0..16).map(|i| (format!("f{i}"), i.to_string())).collect();
+    let forward: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let backward: Vec<(&str, &str)> = forward.iter().rev().copied().collect();
+    let created = c.create_entity(create_with(&forward)).await.unwrap().into_inner();
+    let replayed = c.create_entity(create_with(&backward)).await.unwrap().into_inner();
+    assert_eq!(replayed, created);
+    let mut changed = forward.clone();
+    changed[3].1 = "changed";
+    expect_err(
+        c.create_entity(create_with(&changed)).await,
+        Code::InvalidArgument,
+        "REQUEST_ID_REUSED",
+    );
+}
+
+crate::both_backends!(a_second_body_under_one_request_id_is_refused);
