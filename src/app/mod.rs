@@ -4,6 +4,7 @@
 //! the server through these two functions.
 
 pub mod admin;
+mod listener;
 mod settings;
 
 pub use settings::{LogFormat, Settings};
@@ -20,7 +21,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// What tests inject into a server besides its settings.
@@ -88,7 +88,7 @@ impl Application {
             faults: wiring.faults.clone(),
         };
         let store = storage::connect(&settings.database_url, options).await?;
-        let listener = match TcpListener::bind(settings.listen).await {
+        let listener = match listener::bind(settings.listen) {
             Ok(l) => l,
             Err(source) => {
                 store.close().await;
@@ -190,7 +190,13 @@ impl Application {
             // stalls (a VM pause, a long GC, SIGSTOP): every call whose deadline passed in the
             // meantime arrives reset, and the whole connection's calls then fail. 1,024 per
             // connection still bounds the work a reset flood can cause.
-            .http2_max_pending_accept_reset_streams(Some(1024));
+            .http2_max_pending_accept_reset_streams(Some(1024))
+            // What one connection may hold: its calls, and what its client may send before
+            // the server reads (HTTP/2 flow control); connections are bounded by `listener`.
+            .max_concurrent_streams(Some(settings.max_streams_per_connection))
+            .initial_stream_window_size(Some(listener::STREAM_WINDOW))
+            .initial_connection_window_size(Some(listener::CONNECTION_WINDOW))
+            .http2_max_header_list_size(Some(listener::MAX_HEADER_LIST));
         if let Some(age) = settings.connection_age() {
             builder = builder.max_connection_age(age);
         }
@@ -199,7 +205,7 @@ impl Application {
             .add_service(health)
             .add_service(reflection)
             .add_service(CoordinatorServer::new(CoordinatorService::new(coordinator)));
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = listener::incoming(listener, listener::limits(&settings));
         let server_drain = async move { crate::service::raised(&mut drain_rx).await };
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain));
         tracing::info!(%addr, backend = %store.backend(), "baton serving");

@@ -63,6 +63,17 @@ pub struct Settings {
     /// Log filter, e.g. info or baton=debug,info.
     #[arg(long, env = "BATON_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Most client connections open at once; further ones wait in the listen backlog.
+    #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Most calls in flight at once on one connection (HTTP/2 streams); a client queues the
+    /// rest.
+    #[arg(long, env = "BATON_MAX_STREAMS_PER_CONNECTION", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_connection: u32,
+    /// Longest wait for a new connection's HTTP/2 preface: a socket that sends nothing (or
+    /// not HTTP/2) is closed instead of holding a connection slot.
+    #[arg(long, env = "BATON_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive)]
+    pub handshake_timeout: Duration,
 }
 
 /// Log output format.

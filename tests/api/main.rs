@@ -9,6 +9,7 @@ mod entities;
 mod hostile;
 mod housekeeping;
 mod leases;
+mod limits;
 mod pipeline;
 mod raw;
 mod scenarios;

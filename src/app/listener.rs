@@ -1,0 +1,232 @@
+//! The gRPC listener's accept loop, within bounds: at most `max_connections` connections at
+//! once (the next waits in the kernel's backlog), each handed to the server only once it
+//! has sent the HTTP/2 preface within `handshake_timeout` (an idle or non-HTTP/2 socket is
+//! closed instead of holding a slot and a file descriptor), and an accept error that is not
+//! one connection's own — out of file descriptors (EMFILE), of memory — is logged once and
+//! waited out with a growing pause, never retried in a busy loop. Existing connections are
+//! served all along, so health keeps answering.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// What every HTTP/2 connection begins with (RFC 9113, 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The first and the longest pause after an accept error.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// HTTP/2 receive windows: how much a client may send on one stream, and on one
+/// connection, before the server has read it (a request is at most 4 MiB; it just flows in
+/// several windows).
+pub const STREAM_WINDOW: u32 = 1 << 20;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 2 << 20;
+/// Largest block of request headers (gRPC metadata) accepted.
+pub const MAX_HEADER_LIST: u32 = 16 << 10;
+
+/// Bounds of the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once (handshakes included).
+    pub max_connections: usize,
+    /// Longest wait for a new connection's HTTP/2 preface.
+    pub handshake_timeout: Duration,
+}
+
+/// The accept loop's bounds for these settings: `max_connections`, lowered where the
+/// process's open-files limit would otherwise let client connections take the descriptors
+/// its database connections need (then health would fail with the database unreachable).
+pub fn limits(settings: &super::Settings) -> Limits {
+    // Each database connection (and each SQLite file, its WAL and index) takes a descriptor;
+    // the rest is the listeners, the notification connections, the runtime and the logs.
+    let reserve = 4 * (settings.pool_size + settings.write_lanes) as usize + 64;
+    let asked = settings.max_connections as usize;
+    let max_connections = match open_files_limit() {
+        Some(files) if asked + reserve > files => {
+            let lowered = files.saturating_sub(reserve).max(1);
+            tracing::warn!(
+                max_connections = lowered,
+                asked,
+                open_files_limit = files,
+                reserved = reserve,
+                "max connections lowered to leave file descriptors to the database (raise the open-files limit, ulimit -n)"
+            );
+            lowered
+        }
+        _ => asked,
+    };
+    Limits {
+        max_connections,
+        handshake_timeout: settings.handshake_timeout,
+    }
+}
+
+/// The soft limit on open files (`RLIMIT_NOFILE`), where the system says (Linux:
+/// `/proc/self/limits`).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Connections the kernel completes and queues for an accept that has not come yet (the
+/// backlog), as Go does; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// Binds the gRPC listener, with a [`BACKLOG`] fit for a server (the standard library's 128
+/// turns clients away while the accept loop waits for a free slot).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// The connections `listener` accepts within `limits`, as the server's incoming stream. The
+/// accept loop stops (and the listening socket closes) once the stream is dropped.
+pub fn incoming(listener: TcpListener, limits: Limits) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tx.closed() => {}
+            _ = accept_loop(&listener, limits, &tx) => {}
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(listener: &TcpListener, limits: Limits, tx: &mpsc::Sender<io::Result<Conn>>) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (mut pause, mut failures) = (BACKOFF.0, 0u64);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                if failures > 0 {
+                    tracing::info!(failures, "accepting connections again");
+                    (pause, failures) = (BACKOFF.0, 0);
+                }
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if let Some(conn) = handshake(tcp, peer, limits.handshake_timeout, slot).await {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                });
+            }
+            // One connection's own trouble (reset before we took it): the next is fine.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "cannot accept connections (out of file descriptors or memory?); backing off");
+                }
+                failures += 1;
+                drop(slot);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF.1);
+            }
+        }
+    }
+}
+
+/// Waits for the HTTP/2 preface; `None` (the socket is closed) when it does not come in time
+/// or something else does.
+async fn handshake(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+    slot: OwnedSemaphorePermit,
+) -> Option<Conn> {
+    let mut preface = [0u8; PREFACE.len()];
+    match tokio::time::timeout(timeout, tcp.read_exact(&mut preface)).await {
+        Ok(Ok(_)) if &preface == PREFACE => {}
+        Ok(Ok(_)) => {
+            tracing::debug!(%peer, "not an HTTP/2 connection; closed");
+            return None;
+        }
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            tracing::debug!(%peer, ?timeout, "no HTTP/2 preface in time; closed");
+            return None;
+        }
+    }
+    let _ = tcp.set_nodelay(true);
+    Some(Conn {
+        tcp,
+        replay: PREFACE.len(),
+        _slot: slot,
+    })
+}
+
+/// An accepted connection: the preface read during the handshake is replayed to the
+/// server first; the connection's slot is freed when it closes.
+pub struct Conn {
+    tcp: TcpStream,
+    /// Bytes of the preface still to replay (counted from its end).
+    replay: usize,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.tcp.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.replay > 0 {
+            let from = PREFACE.len() - self.replay;
+            let n = self.replay.min(buf.remaining());
+            buf.put_slice(&PREFACE[from..from + n]);
+            self.replay -= n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
