@@ -121,6 +121,8 @@ impl Application {
         let config = ServiceConfig {
             heartbeat: settings.heartbeat,
             request_retention: settings.request_retention,
+            stream_buffer: settings.stream_buffer,
+            stream_memory: settings.stream_memory,
             faults: wiring.faults,
         };
         let coordinator = Coordinator::new(store.clone(), config, drain_rx);

@@ -74,6 +74,15 @@ pub struct Settings {
     /// not HTTP/2) is closed instead of holding a connection slot.
     #[arg(long, env = "BATON_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive)]
     pub handshake_timeout: Duration,
+    /// Event bytes one stream queues for a client that reads slower than its events come (at
+    /// least one event); past it, the stream waits and catches up from the table later.
+    #[arg(long, env = "BATON_STREAM_BUFFER", default_value = "1MiB", value_parser = byte_size)]
+    pub stream_buffer: usize,
+    /// Event bytes a replica holds for all its streams: queued for slow clients, and recent
+    /// events kept for fan-out (a quarter). Past it, a stream whose client is behind ends
+    /// with RESOURCE_EXHAUSTED and `last_seq`, to resume from.
+    #[arg(long, env = "BATON_STREAM_MEMORY", default_value = "64MiB", value_parser = byte_size)]
+    pub stream_memory: usize,
 }
 
 /// Log output format.
@@ -91,6 +100,24 @@ fn positive(s: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(d)
+}
+
+/// A size in bytes: a number, optionally followed by `KiB`, `MiB` or `GiB`.
+fn byte_size(s: &str) -> Result<usize, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let unit = match s[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB or GiB")),
+    };
+    let n: usize = s[..digits].parse().map_err(|e| format!("{e}"))?;
+    match n.checked_mul(unit) {
+        Some(0) => Err("must be more than zero".into()),
+        Some(n) => Ok(n),
+        None => Err("is too large".into()),
+    }
 }
 
 impl Settings {
@@ -129,6 +156,17 @@ mod tests {
         assert_eq!(s.heartbeat, Duration::from_secs(15));
         assert_eq!(s.connection_age(), Some(Duration::from_secs(300)));
         assert_eq!(s.pool_size, 8);
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(byte_size("1MiB"), Ok(1 << 20));
+        assert_eq!(byte_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        for bad in ["", "0", "1MB", "MiB", "-1KiB", "99999999999999999999GiB"] {
+            assert!(byte_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Settings::default().stream_memory, 64 << 20);
     }
 
     #[test]

@@ -18,7 +18,6 @@ use crate::proto::{self, coordinator_server};
 use crate::service::{self, Coordinator};
 use std::pin::Pin;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -172,14 +171,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 }
 
-type Items = tokio::sync::mpsc::Receiver<service::Result<service::StreamItem>>;
-
 /// An open event stream as tonic serves it: each item converted, each error mapped once.
 struct Served(<CoordinatorService as coordinator_server::Coordinator>::StreamEventsStream);
 
-impl From<Items> for Served {
-    fn from(rx: Items) -> Self {
-        let items = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| {
+impl From<service::EventStream> for Served {
+    fn from(events: service::EventStream) -> Self {
+        let items = tokio_stream::StreamExt::map(events, |item| {
             item.map(proto::StreamEventsResponse::from).map_err(Status::from)
         });
         Served(Box::pin(items))

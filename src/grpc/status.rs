@@ -179,6 +179,12 @@ impl From<Error> for Status {
                 let meta: Vec<(&str, String)> = last_seq.map(|s| ("last_seq", s.to_string())).into_iter().collect();
                 status(Code::Unavailable, "SHUTTING_DOWN", msg, &meta)
             }
+            Error::StreamBehind { last_seq } => status(
+                Code::ResourceExhausted,
+                "STREAM_BEHIND",
+                msg,
+                &[("last_seq", last_seq.to_string())],
+            ),
             Error::Conflict(_) => status(Code::Aborted, "MACHINE_CHANGED", msg, &[]),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

@@ -2,6 +2,7 @@
 //! writes, records its outcome for retries (I10) and announces its change to the hub.
 
 mod admin;
+mod buffer;
 mod entities;
 mod error;
 mod hub;
@@ -12,6 +13,7 @@ mod tape;
 
 pub use crate::domain::outcome::{AcquireOutcome, AppendOutcome, CreateOutcome, LeaseView, TransitionOutcome};
 pub use admin::DueStats;
+pub use buffer::EventStream;
 pub use error::Error;
 pub use hub::Hub;
 pub use machines::DefineOutcome;
@@ -36,6 +38,11 @@ pub struct ServiceConfig {
     pub heartbeat: Duration,
     /// How long request-id outcomes are kept.
     pub request_retention: Duration,
+    /// Event bytes one stream queues for its client.
+    pub stream_buffer: usize,
+    /// Event bytes the replica holds for all its streams: three quarters queued for
+    /// clients, a quarter of recent events in the hub.
+    pub stream_memory: usize,
     /// Deliberate faults (tests only).
     #[doc(hidden)]
     pub faults: crate::faults::Faults,
@@ -50,6 +57,8 @@ pub struct Coordinator {
     pipeline: Arc<Pipeline>,
     /// Parsed machines.
     machines: Arc<MachineCache>,
+    /// The bytes every stream's queue draws on.
+    streams: Arc<buffer::Budget>,
     config: ServiceConfig,
     /// Flips to true when the server drains: streams end with UNAVAILABLE, waits stop.
     shutdown: watch::Receiver<bool>,
@@ -58,7 +67,8 @@ pub struct Coordinator {
 impl Coordinator {
     /// Wires a coordinator over a store and starts its hub.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> Self {
-        let hub = Hub::start(store.changes());
+        let hub = Hub::start(store.changes(), buffer::Budget::new(config.stream_memory / 4));
+        let streams = buffer::Budget::new(config.stream_memory - config.stream_memory / 4);
         let machines = Arc::new(MachineCache::default());
         let pipeline = Arc::new(Pipeline::start(store.clone(), machines.clone(), config.faults.clone()));
         tokio::spawn(sweeper(
@@ -72,6 +82,7 @@ impl Coordinator {
             hub,
             pipeline,
             machines,
+            streams,
             config,
             shutdown,
         }

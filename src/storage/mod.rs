@@ -195,8 +195,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_entities(&self, q: &ListEntities) -> Result<Vec<Entity>>;
     /// The stored tape heads of these entities (absent ones are left out), in one query.
     async fn heads(&self, keys: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>>;
-    /// Up to `limit` events with seq > `after`, in order.
-    async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>>;
+    /// Up to `limit` events with seq > `after`, in order, stopping before the event that
+    /// would take the payload bytes returned past `max_bytes` (the first is always returned).
+    async fn events(
+        &self,
+        ns: &Namespace,
+        id: &EntityId,
+        after: Seq,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>>;
     /// Up to `limit` entities whose due time (a state timeout, a purge) is at or before
     /// `now`, soonest first.
     async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<(Namespace, EntityId)>>;

@@ -255,8 +255,20 @@ async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
         .collect();
     w.events = evs.iter().map(|e| (ns(), id("e1"), e.clone())).collect();
     write(&*s, w).await.unwrap();
-    assert_eq!(s.events(&ns(), &id("e1"), Seq::ZERO, 100).await.unwrap(), evs);
-    assert_eq!(s.events(&ns(), &id("e1"), seq(2), 2).await.unwrap(), evs[2..4].to_vec());
+    assert_eq!(
+        s.events(&ns(), &id("e1"), Seq::ZERO, 100, usize::MAX).await.unwrap(),
+        evs
+    );
+    assert_eq!(
+        s.events(&ns(), &id("e1"), seq(2), 2, usize::MAX).await.unwrap(),
+        evs[2..4].to_vec()
+    );
+    // Bounded by payload bytes too (3 each): stopping before the event that would pass the
+    // bound, and never returning nothing while events remain.
+    for (max_bytes, n) in [(6, 2), (8, 2), (9, 3), (1, 1)] {
+        let page = s.events(&ns(), &id("e1"), Seq::ZERO, 100, max_bytes).await.unwrap();
+        assert_eq!(page, evs[..n].to_vec(), "{max_bytes} bytes");
+    }
     // A change announced reaches subscribers (NOTIFY or in-process).
     s.announce(vec![Change::Tape {
         ns: ns(),
@@ -698,7 +710,7 @@ fn timeless(v: &impl std::fmt::Debug) -> String {
 /// the lease, and which call each request id is stored for.
 async fn mixed_state(s: &dyn Store) -> Vec<String> {
     let entity = s.entity(&ns(), &id("m1")).await.unwrap();
-    let tape = s.events(&ns(), &id("m1"), Seq::ZERO, 100).await.unwrap();
+    let tape = s.events(&ns(), &id("m1"), Seq::ZERO, 100, usize::MAX).await.unwrap();
     let lease = s.lease_row(&ns(), &key("k")).await.unwrap();
     let requests = load(
         s,

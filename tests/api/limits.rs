@@ -249,3 +249,163 @@ crate::both_backends!(
     idle_connections_against_a_low_fd_limit_leave_health_answering,
     out_of_fds_the_accept_loop_backs_off
 );
+
+/// A client on its own connection that lets the server send at most 64 KiB ahead of what it
+/// reads (HTTP/2's smallest window), so a stream it does not read backs up in the server.
+async fn small_window_client(url: String) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    Client::new(channel)
+}
+
+/// An AppendEvents of `n` events of 60 KiB on `id`.
+fn large_events(id: &str, n: usize) -> baton::proto::AppendEventsRequest {
+    baton::proto::AppendEventsRequest {
+        namespace: NS.into(),
+        entity_id: id.into(),
+        events: (0..n)
+            .map(|i| baton::proto::EventInput {
+                r#type: "chunk".into(),
+                payload: vec![i as u8; 60 * 1024],
+                content_type: String::new(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Opens `n` streams of `id` from the start on clients of their own that never read them.
+async fn stalled_streams(url: &str, id: &str, n: usize) -> Vec<tonic::Streaming<baton::proto::StreamEventsResponse>> {
+    let mut stalled = vec![];
+    for _ in 0..n {
+        let mut client = small_window_client(url.to_string()).await;
+        let request = baton::proto::StreamEventsRequest {
+            namespace: NS.into(),
+            entity_id: id.into(),
+            after_seq: 0,
+        };
+        stalled.push(client.stream_events(request).await.unwrap().into_inner());
+    }
+    stalled
+}
+
+/// Streams whose clients do not read, with more queued than the replica may hold: the
+/// furthest behind are cut off with RESOURCE_EXHAUSTED and the `last_seq` they were handed
+/// (resuming from it gives the rest of the tape), while a client that reads gets every
+/// event to `final`.
+async fn stalled_streams_are_cut_off_with_last_seq(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let settings = baton::app::Settings {
+        stream_buffer: 256 << 10,
+        stream_memory: 2 << 20,
+        ..test_settings(&db.url)
+    };
+    let app = TestApp::start_with(settings, Clock::system()).await;
+    let mut c = app.client().await;
+    define_examples_with(&mut c, NS).await;
+    create(&mut c, "task", "big").await;
+    transition(&mut c, "big", "start").await;
+    let stalled = stalled_streams(&format!("http://{}", app.addr), "big", 8).await;
+    let reader = tokio::spawn({
+        let mut c = c.clone();
+        async move { collect_stream(&mut c, "big", 0).await }
+    });
+    for _ in 0..8 {
+        c.append_events(large_events("big", 5)).await.unwrap();
+    }
+    transition(&mut c, "big", "succeed").await;
+    let (all, end) = reader.await.unwrap();
+    end.expect("the reading client's stream ends OK");
+    assert_complete(&all, 0);
+    assert_eq!(all.len(), 2 + 40 + 1);
+    let mut cut = 0;
+    for mut stream in stalled {
+        let mut got = vec![];
+        let end = loop {
+            match stream.message().await {
+                Ok(Some(m)) => {
+                    if let Some(baton::proto::stream_events_response::Item::Event(e)) = m.item {
+                        got.push(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(s) => break Err(s),
+            }
+        };
+        if let Err(s) = end {
+            cut += 1;
+            assert_eq!(
+                (s.code(), reason(&s).as_str()),
+                (tonic::Code::ResourceExhausted, "STREAM_BEHIND"),
+                "{s:?}"
+            );
+            let last = meta(&s, "last_seq").unwrap().parse::<u64>().unwrap();
+            assert_eq!(
+                last,
+                got.last().map_or(0, |e| e.seq),
+                "last_seq is the last event handed over"
+            );
+            let (rest, end) = collect_stream(&mut c, "big", last).await;
+            end.unwrap();
+            got.extend(rest);
+        }
+        assert_complete(&got, 0);
+    }
+    // Each stalled stream queues 4 events (246 KiB, under its 256 KiB); 8 such queues
+    // (1.97 MB) do not fit in the 1.5 MiB streams get, and each cut frees at most one queue.
+    assert!(cut >= 2, "{cut} streams were cut off");
+}
+
+crate::both_backends!(stalled_streams_are_cut_off_with_last_seq);
+
+/// A line of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: the peak).
+fn memory(pid: u32, what: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(what)).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Memory: 16 streams whose clients never read, on a tape that grows by about 100 MiB of
+/// large events. The server's peak resident memory grows by less than `--stream-memory`
+/// (32 MiB here) plus half a MiB per stream (HTTP/2 send buffers) and the write path's own
+/// 8 MiB batch — where the probe saw about 260 MiB for one entity.
+async fn stalled_readers_stay_under_the_memory_bound(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let baton = ServeProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_baton")),
+        &db.url,
+        &["--stream-memory", "32MiB", "--stream-buffer", "1MiB"],
+    )
+    .expect("baton serves");
+    let mut c = Client::new(Channel::from_shared(baton.url()).unwrap().connect().await.unwrap());
+    define_examples_with(&mut c, NS).await;
+    create(&mut c, "task", "big").await;
+    transition(&mut c, "big", "start").await;
+    c.append_events(large_events("big", 16)).await.unwrap();
+    let stalled = stalled_streams(&baton.url(), "big", 16).await;
+    let reader = tokio::spawn({
+        let mut c = c.clone();
+        async move { collect_stream(&mut c, "big", 0).await }
+    });
+    let before = memory(baton.pid(), "VmHWM");
+    for _ in 0..100 {
+        c.append_events(large_events("big", 16)).await.unwrap();
+    }
+    transition(&mut c, "big", "succeed").await;
+    let (all, end) = reader.await.unwrap();
+    end.unwrap();
+    assert_eq!(all.len(), 2 + 101 * 16 + 1);
+    let grown = memory(baton.pid(), "VmHWM") - before;
+    let bound = (32 << 20) + 16 * (512 << 10) + (8 << 20);
+    eprintln!("peak RSS grew by {} MiB (bound {} MiB)", grown >> 20, bound >> 20);
+    assert!(grown < bound, "peak RSS grew by {grown} bytes, over {bound}");
+    drop(stalled);
+}
+
+crate::both_backends!(stalled_readers_stay_under_the_memory_bound);

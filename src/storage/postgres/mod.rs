@@ -440,13 +440,27 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>> {
+    async fn events(
+        &self,
+        ns: &Namespace,
+        id: &EntityId,
+        after: Seq,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>> {
         let conn = self.reader().await?;
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         let rows = conn
             .client
             .query(
                 &conn.q.events,
-                &[&ns.as_str(), &id.as_str(), &decode::to_i64(after), &i64::from(limit)],
+                &[
+                    &ns.as_str(),
+                    &id.as_str(),
+                    &decode::to_i64(after),
+                    &i64::from(limit),
+                    &max_bytes,
+                ],
             )
             .await?;
         rows.iter()

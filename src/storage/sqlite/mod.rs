@@ -310,12 +310,20 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>> {
+    async fn events(
+        &self,
+        ns: &Namespace,
+        id: &EntityId,
+        after: Seq,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>> {
         sqlx::query_as::<_, EventTuple>(include_str!("queries/events.sql"))
             .bind(ns.as_str())
             .bind(id.as_str())
             .bind(decode::to_i64(after))
             .bind(i64::from(limit))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.read_pool)
             .await?
             .into_iter()
