@@ -6,6 +6,7 @@ mod helpers;
 mod cancellation;
 mod contract;
 mod entities;
+mod fuzz;
 mod hostile;
 mod housekeeping;
 mod leases;

@@ -46,6 +46,26 @@ impl Codec for RawCodec {
     }
 }
 
+/// Every method of `baton.v1.Coordinator`; `StreamEvents` is the one server stream.
+pub const METHODS: [&str; 16] = [
+    "AcquireLease",
+    "RenewLease",
+    "ReleaseLease",
+    "GetLease",
+    "DefineMachine",
+    "GetMachine",
+    "CreateEntity",
+    "GetEntity",
+    "ListEntities",
+    "Transition",
+    "AppendEvents",
+    "StreamEvents",
+    "ListLeases",
+    "ForceReleaseLease",
+    "ListMachines",
+    "DeleteEntity",
+];
+
 fn path(method: &str) -> PathAndQuery {
     PathAndQuery::try_from(format!("/baton.v1.Coordinator/{method}")).expect("a method path")
 }
