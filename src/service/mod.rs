@@ -28,6 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Most bytes one list call reads from the database (and so holds), besides one row: about
+/// what its response may carry (`grpc::convert::MAX_PAGE_BYTES`), so a page of large entities
+/// ends early instead of being read whole.
+pub const LIST_READ_BYTES: usize = 4 << 20;
+
 /// Result of service calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -191,8 +191,10 @@ pub trait Store: Send + Sync + 'static {
     async fn machine(&self, ns: &Namespace, kind: &Name) -> Result<Option<StoredMachine>>;
     /// One entity.
     async fn entity(&self, ns: &Namespace, id: &EntityId) -> Result<Option<Entity>>;
-    /// A page of entities, ordered by id.
-    async fn list_entities(&self, q: &ListEntities) -> Result<Vec<Entity>>;
+    /// A page of entities, ordered by id: up to `q.limit`, stopping before the entity that
+    /// would take the page past `max_bytes` (each counted as its fields' JSON plus 256; the
+    /// first is always returned), and whether it stopped there.
+    async fn list_entities(&self, q: &ListEntities, max_bytes: usize) -> Result<(Vec<Entity>, bool)>;
     /// The stored tape heads of these entities (absent ones are left out), in one query.
     async fn heads(&self, keys: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>>;
     /// Up to `limit` events with seq > `after`, in order, stopping before the event that
@@ -210,8 +212,10 @@ pub trait Store: Send + Sync + 'static {
     async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<(Namespace, EntityId)>>;
     /// A page of the leases live at `now`, ordered by key.
     async fn list_leases(&self, q: &ListLeases, now: Timestamp) -> Result<Vec<LeaseRow>>;
-    /// A page of machines, ordered by kind.
-    async fn list_machines(&self, q: &ListMachines) -> Result<Vec<MachineRow>>;
+    /// A page of machines, ordered by kind: up to `q.limit`, stopping before the machine that
+    /// would take the page past `max_bytes` (each counted as its spec's JSON plus 64; the
+    /// first is always returned), and whether it stopped there.
+    async fn list_machines(&self, q: &ListMachines, max_bytes: usize) -> Result<(Vec<MachineRow>, bool)>;
     /// Deletes request outcomes stored before `before`; returns how many.
     async fn purge_requests(&self, before: Timestamp) -> Result<u64>;
     /// True when this replica should run housekeeping (one replica at a time).
@@ -241,6 +245,20 @@ pub trait DefineTx: Send {
     async fn state_in_use(&mut self, ns: &Namespace, kind: &Name, states: &[&str]) -> Result<Option<String>>;
     /// Stores the machine and commits.
     async fn commit(self: Box<Self>, ns: &Namespace, machine: &StoredMachine) -> Result<()>;
+}
+
+/// The rows of a page read with its `fits` column (see `list_entities.sql`): the rows up to
+/// the first that does not fit, and whether there was one.
+fn until_full<T>(rows: impl IntoIterator<Item = Result<(T, bool)>>) -> Result<(Vec<T>, bool)> {
+    let mut page = vec![];
+    for row in rows {
+        let (item, fits) = row?;
+        if !fits {
+            return Ok((page, true));
+        }
+        page.push(item);
+    }
+    Ok((page, false))
 }
 
 /// A stored machine row, parsed and validated (a row that breaks a rule is corrupt).
