@@ -41,27 +41,43 @@ pub struct Limits {
     pub handshake_timeout: Duration,
 }
 
-/// The accept loop's bounds for these settings: `max_connections`, lowered where the
-/// process's open-files limit would otherwise let client connections take the descriptors
-/// its database connections need (then health would fail with the database unreachable).
+/// Connections open at once unless `--max-connections` says otherwise.
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// The accept loop's bounds for these settings. Without `--max-connections`, the cap is
+/// [`DEFAULT_MAX_CONNECTIONS`], lowered where the process's open-files limit would otherwise
+/// let client connections take the descriptors its database connections need (health would
+/// then fail with the database unreachable); a cap given is kept, with a warning when it
+/// leaves the database too few.
 pub fn limits(settings: &super::Settings) -> Limits {
     // Each database connection (and each SQLite file, its WAL and index) takes a descriptor;
     // the rest is the listeners, the notification connections, the runtime and the logs.
     let reserve = 4 * (settings.pool_size + settings.write_lanes) as usize + 64;
-    let asked = settings.max_connections as usize;
-    let max_connections = match open_files_limit() {
-        Some(files) if asked + reserve > files => {
-            let lowered = files.saturating_sub(reserve).max(1);
+    let files = open_files_limit();
+    let fits = |n: usize| files.is_none_or(|files| n + reserve <= files);
+    let max_connections = match settings.max_connections.map(|n| n as usize) {
+        Some(asked) => {
+            if !fits(asked) {
+                tracing::warn!(
+                    max_connections = asked,
+                    open_files_limit = files,
+                    reserved = reserve,
+                    "max connections leave the database too few file descriptors (raise the open-files limit, ulimit -n)"
+                );
+            }
+            asked
+        }
+        None if fits(DEFAULT_MAX_CONNECTIONS) => DEFAULT_MAX_CONNECTIONS,
+        None => {
+            let lowered = files.unwrap_or_default().saturating_sub(reserve).max(1);
             tracing::warn!(
                 max_connections = lowered,
-                asked,
                 open_files_limit = files,
                 reserved = reserve,
                 "max connections lowered to leave file descriptors to the database (raise the open-files limit, ulimit -n)"
             );
             lowered
         }
-        _ => asked,
     };
     Limits {
         max_connections,

@@ -64,8 +64,10 @@ pub struct Settings {
     #[arg(long, env = "BATON_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Most client connections open at once; further ones wait in the listen backlog.
-    #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_connections: u32,
+    /// Default: 1024, or fewer where the open-files limit would otherwise leave the database
+    /// too few file descriptors. A value given is kept as it is.
+    #[arg(long, env = "BATON_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
     /// Most calls in flight at once on one connection (HTTP/2 streams); a client queues the
     /// rest.
     #[arg(long, env = "BATON_MAX_STREAMS_PER_CONNECTION", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
