@@ -4,8 +4,8 @@
 //! the server through these two functions.
 
 pub mod admin;
-mod connection;
 mod health;
+mod listener;
 mod settings;
 pub mod tls;
 
@@ -25,9 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 
@@ -126,7 +124,7 @@ impl Application {
             faults: wiring.faults.clone(),
         };
         let store = storage::connect(&settings.database_url, options).await?;
-        let listener = match TcpListener::bind(settings.listen).await {
+        let listener = match listener::bind(settings.listen) {
             Ok(l) => l,
             Err(source) => {
                 store.close().await;
@@ -159,6 +157,8 @@ impl Application {
         let config = ServiceConfig {
             heartbeat: settings.heartbeat,
             request_retention: settings.request_retention,
+            stream_buffer: settings.stream_buffer,
+            stream_memory: settings.stream_memory,
             faults: wiring.faults,
         };
         let coordinator = Coordinator::new(store.clone(), config, drain_rx);
@@ -246,7 +246,13 @@ impl Application {
             // stalls (a VM pause, a long GC, SIGSTOP): every call whose deadline passed in the
             // meantime arrives reset, and the whole connection's calls then fail. 1,024 per
             // connection still bounds the work a reset flood can cause.
-            .http2_max_pending_accept_reset_streams(Some(1024));
+            .http2_max_pending_accept_reset_streams(Some(1024))
+            // What one connection may hold: its calls, and what its client may send before
+            // the server reads (HTTP/2 flow control); connections are bounded by `listener`.
+            .max_concurrent_streams(Some(settings.max_streams_per_connection))
+            .initial_stream_window_size(Some(listener::STREAM_WINDOW))
+            .initial_connection_window_size(Some(listener::CONNECTION_WINDOW))
+            .http2_max_header_list_size(Some(listener::MAX_HEADER_LIST));
         if let Some(age) = settings.connection_age() {
             // At the age tonic sends GOAWAY and waits for the connection's streams; ours
             // end at age + grace (see `connection`), and the connection is closed just after.
@@ -265,24 +271,15 @@ impl Application {
         let auth = tokens.map(|t| AuthLayer::new(t, settings.auth_protect_all, Arc::new(tls::peer_names)));
         let router = builder
             .layer(tower::util::option_layer(auth))
+            .layer(crate::grpc::UndecodableLayer)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(CoordinatorServer::new(service));
-        let lifetime = settings.stream_lifetime();
-        let server_drain = async move { crate::service::raised(&mut drain_rx).await };
         let tls = acceptor.is_some();
-        let mut server = match acceptor {
-            Some(acceptor) => tokio::spawn(
-                router.serve_with_incoming_shutdown(tls::incoming(listener, acceptor, lifetime), server_drain),
-            ),
-            None => {
-                let incoming = TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .map(move |accepted| accepted.map(|stream| connection::Accepted::new(stream, lifetime)));
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain))
-            }
-        };
+        let incoming = listener::incoming(listener, listener::limits(&settings, acceptor));
+        let server_drain = async move { crate::service::raised(&mut drain_rx).await };
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_drain));
         tracing::info!(%addr, backend = %store.backend(), tls, auth = auth_on, "baton serving");
         if let Some((listener, admin_addr)) = admin {
             tokio::spawn(admin::serve(listener, coordinator, ready_rx, shutdown.subscribe()));

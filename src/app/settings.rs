@@ -25,7 +25,13 @@ pub struct Settings {
     #[arg(long, env = "BATON_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Database: sqlite:PATH (created if missing) or postgres://USER[:PASS]@HOST[:PORT]/DB.
-    #[arg(long, env = "BATON_DATABASE_URL", default_value = "sqlite:baton.db")]
+    // The URL may carry a password: help never shows the environment's value.
+    #[arg(
+        long,
+        env = "BATON_DATABASE_URL",
+        default_value = "sqlite:baton.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Longest graceful shutdown on SIGINT/SIGTERM, counted after the drain delay.
     #[arg(long, env = "BATON_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -98,6 +104,28 @@ pub struct Settings {
     /// otherwise: anyone on the network could read and write every namespace.
     #[arg(long, env = "BATON_INSECURE", action = clap::ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub insecure: bool,
+    /// Most client connections open at once; further ones wait in the listen backlog.
+    /// Default: 1024, or fewer where the open-files limit would otherwise leave the database
+    /// too few file descriptors. A value given is kept as it is.
+    #[arg(long, env = "BATON_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
+    /// Most calls in flight at once on one connection (HTTP/2 streams); a client queues the
+    /// rest.
+    #[arg(long, env = "BATON_MAX_STREAMS_PER_CONNECTION", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_connection: u32,
+    /// Longest wait for a new connection's HTTP/2 preface: a socket that sends nothing (or
+    /// not HTTP/2) is closed instead of holding a connection slot.
+    #[arg(long, env = "BATON_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive)]
+    pub handshake_timeout: Duration,
+    /// Event bytes one stream queues for a client that reads slower than its events come (at
+    /// least one event); past it, the stream waits and catches up from the table later.
+    #[arg(long, env = "BATON_STREAM_BUFFER", default_value = "1MiB", value_parser = byte_size)]
+    pub stream_buffer: usize,
+    /// Event bytes a replica holds for all its streams: queued for slow clients, and recent
+    /// events kept for fan-out (a quarter). Past it, a stream whose client is behind ends
+    /// with RESOURCE_EXHAUSTED and `last_seq`, to resume from.
+    #[arg(long, env = "BATON_STREAM_MEMORY", default_value = "64MiB", value_parser = byte_size)]
+    pub stream_memory: usize,
 }
 
 /// Log output format.
@@ -115,6 +143,24 @@ fn positive(s: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(d)
+}
+
+/// A size in bytes: a number, optionally followed by `KiB`, `MiB` or `GiB`.
+fn byte_size(s: &str) -> Result<usize, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let unit = match s[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB or GiB")),
+    };
+    let n: usize = s[..digits].parse().map_err(|e| format!("{e}"))?;
+    match n.checked_mul(unit) {
+        Some(0) => Err("must be more than zero".into()),
+        Some(n) => Ok(n),
+        None => Err("is too large".into()),
+    }
 }
 
 impl Settings {
@@ -397,6 +443,17 @@ mod tests {
             Defaults::try_parse_from(["baton", "--tls-cert", "c"]).is_err(),
             "a cert needs its key"
         );
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(byte_size("1MiB"), Ok(1 << 20));
+        assert_eq!(byte_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        for bad in ["", "0", "1MB", "MiB", "-1KiB", "99999999999999999999GiB"] {
+            assert!(byte_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Settings::default().stream_memory, 64 << 20);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! optional client certificates (mTLS) verified against a CA, whose names can stand for a
 //! caller in the tokens file.
 
-use super::connection::Accepted;
 use crate::grpc::Connection;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -172,60 +171,10 @@ pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
 }
 
 /// The names of the verified client certificate of the connection a request came on, as
-/// tonic records TLS connections in request extensions.
+/// the listener recorded them.
 pub fn peer_names(extensions: &http::Extensions) -> Vec<String> {
-    use tonic::transport::server::TlsConnectInfo;
     extensions
-        .get::<TlsConnectInfo<Connection>>()
-        .and_then(|info| info.peer_certs())
-        .and_then(|certs| certs.first().map(certificate_names))
+        .get::<Connection>()
+        .map(|c| c.peer_names.to_vec())
         .unwrap_or_default()
-}
-
-/// Longest a client may take to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The TLS connections of `listener`, for tonic: each accepted TCP connection does its
-/// handshake on a task of its own (a slow or silent client holds up no one, and is dropped
-/// after [`HANDSHAKE_TIMEOUT`]); a failed handshake (a plaintext client, an unknown client
-/// certificate) closes that connection only. Ends when tonic stops taking connections.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-    acceptor: TlsAcceptor,
-    lifetime: Option<Duration>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<Accepted>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => {
-                    backoff = Duration::from_millis(5);
-                    a
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept a connection; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let accepted = Accepted::new(tcp, lifetime);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(accepted)).await {
-                    Ok(Ok(tls)) => drop(tx.send(Ok(tls)).await),
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

@@ -13,12 +13,11 @@ use super::command::{
 use super::entity::{Entity, EntityChange};
 use super::lease::{self, AcquireDecision, Fence, LeaseRow};
 use super::machine::{DedupPolicy, DuePlan, StoredMachine, TransitionPlan, plan_create, plan_due, plan_transition};
-use super::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId, lock_key, lock_space, stable_hash};
+use super::names::{DedupKey, EntityId, LeaseKey, Name, Namespace, RequestId, lock_key, lock_space};
 use super::outcome::{AcquireOutcome, AppendOutcome, CreateOutcome, DueOutcome, Outcome, TransitionOutcome};
 use super::tape::{AppendPlan, StoredEvent, plan_append};
 use super::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Debug;
 
 /// A write command, as the commit pipeline carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,14 +188,6 @@ impl Writes {
     }
 }
 
-/// Names one logical call for I10: its method, target, and a fingerprint of everything else
-/// it asked for (request id excluded). A retry matches it exactly; a different request
-/// under the same id does not, and is refused instead of answered with another's outcome.
-fn call_id(method: &str, target: &str, request: &impl Debug) -> String {
-    let h = stable_hash(format!("{request:?}").into_bytes());
-    format!("{method} {target} {h:016x}")
-}
-
 fn fence_lock(ns: &Namespace, fence: &Option<Fence>) -> Option<Lock> {
     fence.as_ref().map(|f| Lock {
         key: lock_key(ns, lock_space::LEASE, f.key.as_str()),
@@ -316,27 +307,11 @@ impl Command {
         }
     }
 
-    /// The fingerprint a request id's outcome is stored under.
+    /// The call a request id's outcome is stored under (I10): a retry matches it exactly, a
+    /// different request under the same id does not and is refused instead of answered with
+    /// another call's outcome. See [`super::fingerprint::call_id`].
     pub fn call_id(&self) -> String {
-        match self {
-            Command::Acquire(c) => call_id("AcquireLease", c.key.as_str(), &(&c.holder, c.ttl)),
-            Command::Renew(c) => call_id("RenewLease", c.key.as_str(), &(c.token, c.ttl)),
-            Command::Release(c) => call_id("ReleaseLease", c.key.as_str(), &c.token),
-            Command::Create(c, _) => call_id(
-                "CreateEntity",
-                c.kind.as_str(),
-                &(&c.id, &c.dedup_key, &c.fields, &c.fence),
-            ),
-            Command::Transition(c) => call_id("Transition", c.entity_id.as_str(), &(&c.ask, &c.fence)),
-            Command::Append(c) => call_id(
-                "AppendEvents",
-                c.entity_id.as_str(),
-                &(&c.events, &c.fence, c.if_sealed),
-            ),
-            Command::Due(_, id) => format!("Due {id}"),
-            Command::Delete(c) => call_id("DeleteEntity", c.id.as_str(), &c.force),
-            Command::ForceRelease(c) => call_id("ForceReleaseLease", c.key.as_str(), &c.by),
-        }
+        super::fingerprint::call_id(self)
     }
 
     /// Roughly how many bytes it writes (batches are capped by bytes as well as count).

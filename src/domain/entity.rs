@@ -56,6 +56,14 @@ pub fn parse_fields(field: &str, m: HashMap<String, String>) -> Result<Fields, D
                 format!("value must be at most {MAX_FIELD_VALUE} bytes"),
             ));
         }
+        // Every stored string is free of NUL, on both backends: Postgres text cannot hold
+        // one, and a `\u0000` in the fields' JSON broke every filtered list of the kind.
+        if v.contains('\0') {
+            return Err(DomainError::invalid(
+                format!("{field}[{name}]"),
+                "value must not contain NUL",
+            ));
+        }
         out.insert(name.as_str().to_string(), v);
     }
     Ok(out)

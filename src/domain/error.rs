@@ -92,6 +92,19 @@ fn current_desc(token: &Option<u64>, holder: &Option<String>) -> String {
     }
 }
 
+/// Longest prefix of a request value an error quotes, in bytes.
+pub const QUOTE_MAX: usize = 64;
+
+/// A request value as an error message quotes it: Debug-quoted, cut (on a character
+/// boundary) to at most [`QUOTE_MAX`] bytes and then marked with the value's full length, so
+/// a hostile 64 KB value makes a short message and short trailers, never a copy of itself.
+pub fn quote(s: &str) -> String {
+    if s.len() <= QUOTE_MAX {
+        return format!("{s:?}");
+    }
+    format!("{:?}…({} bytes)", &s[..s.floor_char_boundary(QUOTE_MAX)], s.len())
+}
+
 impl DomainError {
     /// Shorthand for [`DomainError::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -99,5 +112,19 @@ impl DomainError {
             field: field.into(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_are_short_and_cut_on_a_character_boundary() {
+        assert_eq!(quote("run-1"), "\"run-1\"");
+        let long = format!("{}é{}", "a".repeat(QUOTE_MAX - 1), "b".repeat(65_536));
+        let q = quote(&long);
+        assert_eq!(q, format!("\"{}\"…({} bytes)", "a".repeat(QUOTE_MAX - 1), long.len()));
+        assert!(q.len() < 2 * QUOTE_MAX);
     }
 }

@@ -40,6 +40,7 @@ pub mod batch;
 pub mod command;
 pub mod entity;
 pub mod error;
+pub mod fingerprint;
 pub mod lease;
 pub mod machine;
 pub mod names;

@@ -2,6 +2,7 @@
 //! parse at the boundary, never again inside.
 
 use super::DomainError;
+use super::error::quote;
 use std::fmt;
 
 /// Characters that may appear in free-form names (keys, holders, dedup keys, request ids).
@@ -33,7 +34,7 @@ fn identifier(field: &str, s: &str) -> Result<(), DomainError> {
     } else {
         Err(DomainError::invalid(
             field,
-            format!("{s:?} must match [a-z][a-z0-9_]{{0,62}}"),
+            format!("{} must match [a-z][a-z0-9_]{{0,62}}", quote(s)),
         ))
     }
 }
@@ -134,7 +135,7 @@ impl Namespace {
         } else {
             Err(DomainError::invalid(
                 field,
-                format!("{s:?} must match [a-z0-9][a-z0-9_.-]{{0,62}}"),
+                format!("{} must match [a-z0-9][a-z0-9_.-]{{0,62}}", quote(&s)),
             ))
         }
     }
@@ -172,7 +173,7 @@ impl EntityId {
         } else {
             Err(DomainError::invalid(
                 field,
-                format!("{s:?} must match [A-Za-z0-9_.:-]{{1,128}}"),
+                format!("{} must match [A-Za-z0-9_.:-]{{1,128}}", quote(&s)),
             ))
         }
     }

@@ -2,6 +2,7 @@
 
 use super::DomainError;
 use super::entity::{Entity, EntityChange};
+use super::error::quote;
 use super::time::Timestamp;
 
 /// A position on a tape: events are 1, 2, 3 … with no gaps (I6); 0 is "before the first
@@ -66,13 +67,13 @@ impl EventInput {
         if !ok {
             return Err(DomainError::invalid(
                 format!("{field}.type"),
-                format!("{event_type:?} must match [a-z][a-z0-9_.-]{{0,63}}"),
+                format!("{} must match [a-z][a-z0-9_.-]{{0,63}}", quote(&event_type)),
             ));
         }
         if event_type == FINAL || event_type.starts_with("baton.") {
             return Err(DomainError::invalid(
                 format!("{field}.type"),
-                format!("{event_type:?} is reserved for the server"),
+                format!("{} is reserved for the server", quote(&event_type)),
             ));
         }
         check_payload(&format!("{field}.payload"), &payload)?;

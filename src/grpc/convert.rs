@@ -182,35 +182,65 @@ impl From<AppendOutcome> for proto::AppendEventsResponse {
     }
 }
 
-/// The token of the page after one that ended at `last`; empty when none follows.
-fn next_page(more: bool, last: Option<&str>) -> String {
-    match (more, last) {
-        (true, Some(last)) => crate::domain::command::PageToken::after(last).encode(),
-        _ => String::new(),
+/// Largest encoded list page, in bytes: below the 4 MiB a default gRPC client accepts,
+/// with room for the page token and the framing.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// Converts a page's items until the next would take the encoded page past
+/// [`MAX_PAGE_BYTES`] (always at least one), and the token of the page after it: it
+/// continues after the last item returned, whether the page ended by count or by bytes.
+fn bounded_page<T, P: prost::Message>(
+    (items, more): (Vec<T>, bool),
+    key: impl Fn(&T) -> &str,
+    to_proto: impl Fn(T) -> P,
+) -> (Vec<P>, String) {
+    let mut page = Vec::with_capacity(items.len());
+    let (mut bytes, mut last, mut cut) = (0, None, false);
+    for item in items {
+        let k = key(&item).to_string();
+        let p = to_proto(item);
+        // A repeated field's element: its tag, its length, then the message.
+        let len = p.encoded_len();
+        let size = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        if !page.is_empty() && bytes + size > MAX_PAGE_BYTES {
+            cut = true;
+            break;
+        }
+        bytes += size;
+        page.push(p);
+        last = Some(k);
     }
+    let token = match last {
+        Some(last) if more || cut => crate::domain::command::PageToken::after(&last).encode(),
+        _ => String::new(),
+    };
+    (page, token)
 }
 
 /// A ListEntities page and whether more follow.
-pub fn page((page, more): (Vec<Entity>, bool)) -> proto::ListEntitiesResponse {
+pub fn page(page: (Vec<Entity>, bool)) -> proto::ListEntitiesResponse {
+    let (entities, next_page_token) = bounded_page(page, |e| e.id.as_str(), entity);
     proto::ListEntitiesResponse {
-        next_page_token: next_page(more, page.last().map(|e| e.id.as_str())),
-        entities: page.into_iter().map(entity).collect(),
+        entities,
+        next_page_token,
     }
 }
 
 /// A ListLeases page and whether more follow.
-pub fn lease_page((page, more): (Vec<Lease>, bool)) -> proto::ListLeasesResponse {
+pub fn lease_page(page: (Vec<Lease>, bool)) -> proto::ListLeasesResponse {
+    let (leases, next_page_token) = bounded_page(page, |l| l.key.as_str(), lease);
     proto::ListLeasesResponse {
-        next_page_token: next_page(more, page.last().map(|l| l.key.as_str())),
-        leases: page.into_iter().map(lease).collect(),
+        leases,
+        next_page_token,
     }
 }
 
 /// A ListMachines page and whether more follow.
-pub fn machine_page((page, more): (Vec<StoredMachine>, bool)) -> proto::ListMachinesResponse {
+pub fn machine_page(page: (Vec<StoredMachine>, bool)) -> proto::ListMachinesResponse {
+    let (machines, next_page_token) = bounded_page(page, |m| m.machine.kind().as_str(), |m| machine(&m));
     proto::ListMachinesResponse {
-        next_page_token: next_page(more, page.last().map(|m| m.machine.kind().as_str())),
-        machines: page.iter().map(machine).collect(),
+        machines,
+        next_page_token,
     }
 }
 

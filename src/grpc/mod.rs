@@ -5,8 +5,10 @@
 pub mod convert;
 pub mod parse;
 mod status;
+mod undecodable;
 
 pub use status::DOMAIN;
+pub use undecodable::UndecodableLayer;
 
 use crate::auth::{Caller, Role};
 use crate::domain::command::{
@@ -19,35 +21,28 @@ use crate::service::{self, Coordinator};
 use crate::telemetry::Call;
 use std::pin::Pin;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 type Reply<T> = Result<Response<T>, Status>;
 
 /// What the server knows of the connection a request came on (tonic puts it in the
-/// request's extensions): when its streams must end because the connection has aged.
-#[derive(Debug, Clone, Copy, Default)]
+/// request's extensions): when its streams must end because the connection has aged, and
+/// who its client certificate says the client is.
+#[derive(Debug, Clone, Default)]
 pub struct Connection {
     /// `max_connection_age + max_connection_age_grace` after the accept; `None` when
     /// connections never age.
     pub streams_end: Option<tokio::time::Instant>,
+    /// The names of the verified client certificate (mTLS): common names, then DNS and URI
+    /// names; empty without one.
+    pub peer_names: std::sync::Arc<[String]>,
 }
 
 impl Connection {
-    /// The connection of `request`, if the server recorded one (over TLS, tonic records it
-    /// inside the TLS connection's info).
+    /// The connection of `request`, if the server recorded one.
     pub fn of<T>(request: &Request<T>) -> Connection {
-        let extensions = request.extensions();
-        extensions
-            .get::<Connection>()
-            .or_else(|| {
-                extensions
-                    .get::<tonic::transport::server::TlsConnectInfo<Connection>>()
-                    .map(|tls| tls.get_ref())
-            })
-            .copied()
-            .unwrap_or_default()
+        request.extensions().get::<Connection>().cloned().unwrap_or_default()
     }
 }
 
@@ -400,14 +395,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 }
 
-type Items = tokio::sync::mpsc::Receiver<service::Result<service::StreamItem>>;
-
 /// An open event stream as tonic serves it: each item converted, each error mapped once.
 struct Served(<CoordinatorService as coordinator_server::Coordinator>::StreamEventsStream);
 
-impl From<Items> for Served {
-    fn from(rx: Items) -> Self {
-        let items = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| {
+impl From<service::EventStream> for Served {
+    fn from(events: service::EventStream) -> Self {
+        let items = tokio_stream::StreamExt::map(events, |item| {
             item.map(proto::StreamEventsResponse::from).map_err(Status::from)
         });
         Served(Box::pin(items))

@@ -10,9 +10,45 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The error domain in every ErrorInfo.
 pub const DOMAIN: &str = "baton";
 
+/// Longest message a status carries, in bytes. Messages quote at most a short prefix of a
+/// request value (`domain::error::quote`); this bound is the net under that rule, so trailers
+/// stay far below what default clients accept (the message travels twice: in `grpc-message`
+/// and in the details).
+const MAX_MESSAGE: usize = 1024;
+/// Longest ErrorInfo metadata value, in bytes.
+const MAX_META_VALUE: usize = 512;
+
+/// `s` cut on a character boundary to at most `max` bytes, marked `…` when cut.
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        s.truncate(s.floor_char_boundary(max));
+        s.push('…');
+    }
+    s
+}
+
 fn status(code: Code, reason: &str, message: String, meta: &[(&str, String)]) -> Status {
-    let metadata: HashMap<String, String> = meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, DOMAIN, metadata))
+    let metadata: HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), bounded(v.clone(), MAX_META_VALUE)))
+        .collect();
+    Status::with_error_details(
+        code,
+        bounded(message, MAX_MESSAGE),
+        ErrorDetails::with_error_info(reason, DOMAIN, metadata),
+    )
+}
+
+/// A request tonic could not decode (see `undecodable.rs`): `INVALID_ARGUMENT`, naming the
+/// field when protobuf did (`request` otherwise).
+pub(crate) fn undecodable(detail: &str) -> Status {
+    let field = super::undecodable::decode_error_field(detail).unwrap_or_else(|| "request".into());
+    status(
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        format!("undecodable request: {detail}"),
+        &[("field", field)],
+    )
 }
 
 /// `PERMISSION_DENIED` for a caller whose grant does not cover a call: ErrorInfo reason
@@ -171,6 +207,12 @@ impl From<Error> for Status {
                 "SHUTTING_DOWN",
                 msg,
                 &[("last_seq", last_seq.to_string()), ("cause", "CONNECTION_AGED".into())],
+            ),
+            Error::StreamBehind { last_seq } => status(
+                Code::ResourceExhausted,
+                "STREAM_BEHIND",
+                msg,
+                &[("last_seq", last_seq.to_string())],
             ),
             Error::Conflict(_) => status(Code::Aborted, "MACHINE_CHANGED", msg, &[]),
             Error::Internal(detail) => {

@@ -42,15 +42,16 @@ impl Coordinator {
         Ok((page, more))
     }
 
-    /// ListMachines: one page of machines, and whether more may follow.
+    /// ListMachines: one page of machines, and whether more may follow (read within
+    /// [`super::LIST_READ_BYTES`]).
     pub async fn list_machines(&self, q: ListMachines) -> Result<(Vec<StoredMachine>, bool)> {
         let limit = q.limit;
         let ns = q.ns.clone();
-        let rows = self
+        let (rows, full) = self
             .store
-            .list_machines(&ListMachines { limit: limit + 1, ..q })
+            .list_machines(&ListMachines { limit: limit + 1, ..q }, super::LIST_READ_BYTES)
             .await?;
-        let more = rows.len() > limit as usize;
+        let more = full || rows.len() > limit as usize;
         let page = rows
             .iter()
             .take(limit as usize)

@@ -34,14 +34,15 @@ impl Coordinator {
         })
     }
 
-    /// ListEntities: one page, and whether more may follow.
+    /// ListEntities: one page, and whether more may follow. The page is read within
+    /// [`super::LIST_READ_BYTES`] (however large its entities, a call holds about that much).
     pub async fn list_entities(&self, q: ListEntities) -> Result<(Vec<Entity>, bool)> {
         let limit = q.limit;
-        let mut page = self
+        let (mut page, full) = self
             .store
-            .list_entities(&ListEntities { limit: limit + 1, ..q })
+            .list_entities(&ListEntities { limit: limit + 1, ..q }, super::LIST_READ_BYTES)
             .await?;
-        let more = page.len() > limit as usize;
+        let more = full || page.len() > limit as usize;
         page.truncate(limit as usize);
         Ok((page, more))
     }

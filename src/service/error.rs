@@ -20,6 +20,12 @@ pub enum Error {
     /// where to resume (on a fresh connection, perhaps another replica).
     #[error("the connection reached its maximum age; resume on a new connection")]
     ConnectionAged { last_seq: Seq },
+    /// The replica's memory for stream data is spent and this stream's client is the
+    /// furthest behind: it ends, to resume after `last_seq` (the last event it was handed).
+    #[error(
+        "this stream's client is too far behind and the server's stream memory is full; resume after seq {last_seq}"
+    )]
+    StreamBehind { last_seq: Seq },
     /// A premise changed under the call (its machine was redefined) and retrying inside
     /// the server did not settle it. Nothing was written; the caller may retry.
     #[error("{0}; nothing was written, retry")]

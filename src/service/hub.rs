@@ -7,6 +7,7 @@
 //! every subscribed entity with the stored one, in one query, and wakes the subscribers of
 //! any entity that is behind (and tells those of a deleted entity it is gone) — so a missed wake-up costs at most one heartbeat.
 
+use super::buffer::{Budget, Held};
 use crate::domain::names::{EntityId, LeaseKey, Namespace};
 use crate::domain::tape::{Seq, StoredEvent};
 use crate::storage::{Change, Store};
@@ -16,16 +17,30 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, broadcast, watch};
 
 /// What a tape subscriber hears.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum TapeSignal {
     /// New events, in seq order.
-    Events(Arc<Vec<Arc<StoredEvent>>>),
+    Events(Arc<RecentEvents>),
     /// The tape grew to this head; read the new events from the table.
     Head(Seq),
     /// Something may have been missed; re-read from the table.
     Resync,
     /// The entity is gone (deleted, or purged past its retention).
     Gone,
+}
+
+/// New events as the hub fans them out, their bytes counted against the replica's budget
+/// for recent events until every subscriber has taken them (or the channel overwrote them).
+pub struct RecentEvents {
+    events: Vec<Arc<StoredEvent>>,
+    _held: Held,
+}
+
+impl RecentEvents {
+    /// The events, in seq order.
+    pub fn events(&self) -> impl Iterator<Item = &Arc<StoredEvent>> {
+        self.events.iter()
+    }
 }
 
 type TapeKey = (Namespace, EntityId);
@@ -43,6 +58,9 @@ const SWEEP_CHUNK: usize = 500;
 
 /// Per-replica registry of subscribers and waiters.
 pub struct Hub {
+    /// Bytes of new events in the subscribers' channels: past it, subscribers hear only the
+    /// new head and read the events from the table.
+    recent: Arc<Budget>,
     tapes: Mutex<HashMap<TapeKey, Tape>>,
     leases: Mutex<HashMap<LeaseKeyOf, Arc<Notify>>>,
     /// How many lease waiters are registered, published so that tests (and metrics) can
@@ -50,24 +68,20 @@ pub struct Hub {
     waiting: watch::Sender<usize>,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
-        Self {
-            tapes: Mutex::default(),
-            leases: Mutex::default(),
-            waiting: watch::channel(0).0,
-        }
-    }
-}
-
 /// Capacity of one entity's signal channel; a subscriber further behind gets `Lagged` and
-/// re-reads from the table, so the server never buffers without bound.
+/// re-reads from the table. The bytes the channels hold are bounded by the hub's budget.
 const TAPE_CHANNEL_CAPACITY: usize = 256;
 
 impl Hub {
-    /// Starts the dispatch task over a store's change feed.
-    pub fn start(mut changes: broadcast::Receiver<Change>) -> Arc<Self> {
-        let hub = Arc::new(Self::default());
+    /// Starts the dispatch task over a store's change feed; the events it fans out hold at
+    /// most `recent` bytes at once.
+    pub fn start(mut changes: broadcast::Receiver<Change>, recent: Arc<Budget>) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            recent,
+            tapes: Mutex::default(),
+            leases: Mutex::default(),
+            waiting: watch::channel(0).0,
+        });
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
             loop {
@@ -98,10 +112,11 @@ impl Hub {
                 let mut tapes = self.tapes.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(tape) = tapes.get_mut(&(ns, entity_id)) {
                     tape.head = tape.head.max(Some(head));
-                    let signal = if events.is_empty() {
-                        TapeSignal::Head(head)
-                    } else {
-                        TapeSignal::Events(Arc::new(events))
+                    let bytes = events.iter().map(|e| 64 + e.payload.len()).sum();
+                    let held = (!events.is_empty()).then(|| self.recent.try_take(bytes)).flatten();
+                    let signal = match held {
+                        Some(held) => TapeSignal::Events(Arc::new(RecentEvents { events, _held: held })),
+                        None => TapeSignal::Head(head),
                     };
                     let _ = tape.signals.send(signal);
                 }

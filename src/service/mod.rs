@@ -2,6 +2,7 @@
 //! writes, records its outcome for retries (I10) and announces its change to the hub.
 
 mod admin;
+mod buffer;
 mod entities;
 mod error;
 mod hub;
@@ -12,6 +13,7 @@ mod tape;
 
 pub use crate::domain::outcome::{AcquireOutcome, AppendOutcome, CreateOutcome, LeaseView, TransitionOutcome};
 pub use admin::DueStats;
+pub use buffer::EventStream;
 pub use error::Error;
 pub use hub::Hub;
 pub use machines::DefineOutcome;
@@ -26,6 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Most bytes one list call reads from the database (and so holds), besides one row: about
+/// what its response may carry (`grpc::convert::MAX_PAGE_BYTES`), so a page of large entities
+/// ends early instead of being read whole.
+pub const LIST_READ_BYTES: usize = 4 << 20;
+
 /// Result of service calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -36,6 +43,11 @@ pub struct ServiceConfig {
     pub heartbeat: Duration,
     /// How long request-id outcomes are kept.
     pub request_retention: Duration,
+    /// Event bytes one stream queues for its client.
+    pub stream_buffer: usize,
+    /// Event bytes the replica holds for all its streams: three quarters queued for
+    /// clients, a quarter of recent events in the hub.
+    pub stream_memory: usize,
     /// Deliberate faults (tests only).
     #[doc(hidden)]
     pub faults: crate::faults::Faults,
@@ -50,6 +62,8 @@ pub struct Coordinator {
     pipeline: Arc<Pipeline>,
     /// Parsed machines.
     machines: Arc<MachineCache>,
+    /// The bytes every stream's queue draws on.
+    streams: Arc<buffer::Budget>,
     config: ServiceConfig,
     /// Flips to true when the server drains: streams end with UNAVAILABLE, waits stop.
     shutdown: watch::Receiver<bool>,
@@ -58,7 +72,8 @@ pub struct Coordinator {
 impl Coordinator {
     /// Wires a coordinator over a store and starts its hub.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig, shutdown: watch::Receiver<bool>) -> Self {
-        let hub = Hub::start(store.changes());
+        let hub = Hub::start(store.changes(), buffer::Budget::new(config.stream_memory / 4));
+        let streams = buffer::Budget::new(config.stream_memory - config.stream_memory / 4);
         let machines = Arc::new(MachineCache::default());
         let pipeline = Arc::new(Pipeline::start(store.clone(), machines.clone(), config.faults.clone()));
         tokio::spawn(sweeper(
@@ -72,6 +87,7 @@ impl Coordinator {
             hub,
             pipeline,
             machines,
+            streams,
             config,
             shutdown,
         }

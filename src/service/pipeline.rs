@@ -369,6 +369,7 @@ fn clone_error(e: &Error) -> Error {
         Error::Unavailable(m) => Error::Unavailable(m.clone()),
         Error::ShuttingDown { last_seq } => Error::ShuttingDown { last_seq: *last_seq },
         Error::ConnectionAged { last_seq } => Error::ConnectionAged { last_seq: *last_seq },
+        Error::StreamBehind { last_seq } => Error::StreamBehind { last_seq: *last_seq },
         Error::Conflict(m) => Error::Conflict(m.clone()),
         Error::Internal(m) => Error::Internal(m.clone()),
     }

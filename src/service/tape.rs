@@ -3,6 +3,7 @@
 //! something (a gap, a lagging channel, a lost notification connection) it re-reads the
 //! table by seq. It ends right after `final`.
 
+use super::buffer::{self, EventStream, Feed};
 use super::hub::TapeSignal;
 use super::{Coordinator, Error, Result};
 use crate::domain::DomainError;
@@ -10,15 +11,14 @@ use crate::domain::batch::Command;
 use crate::domain::command::{AppendEvents, StreamEvents};
 use crate::domain::names::{EntityId, Namespace};
 use crate::domain::outcome::{AppendOutcome, Outcome};
-use crate::domain::tape::{Seq, StoredEvent};
+use crate::domain::tape::{MAX_PAYLOAD, Seq, StoredEvent};
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-/// Events read from the table per query while catching up.
+/// Most events read from the table per query while catching up (and at most a quarter of
+/// the stream's buffer in bytes, so a subscriber waiting for its client holds little).
 const PAGE: u32 = 256;
-/// Messages buffered per stream before the subscriber waits for the client.
-const STREAM_BUFFER: usize = 16;
 
 /// One message of an event stream.
 #[derive(Debug, Clone)]
@@ -39,20 +39,16 @@ impl Coordinator {
         }
     }
 
-    /// StreamEvents: checks the entity exists, then feeds a channel from a spawned
-    /// subscriber. The channel closes after `final` (OK), or carries one error last.
-    pub async fn stream_events(&self, cmd: StreamEvents) -> Result<mpsc::Receiver<Result<StreamItem>>> {
+    /// StreamEvents: checks the entity exists, then feeds a bounded queue (see `buffer`)
+    /// from a spawned subscriber. The stream ends after `final` (OK), or with one error last.
+    pub async fn stream_events(&self, cmd: StreamEvents) -> Result<EventStream> {
         self.stream_events_until(cmd, None).await
     }
 
     /// [`Coordinator::stream_events`] on a connection whose streams must end at `ends` (it
     /// has aged): then the stream ends with [`Error::ConnectionAged`] and its last seq, so
     /// the client resumes on a fresh connection, perhaps another replica's.
-    pub async fn stream_events_until(
-        &self,
-        cmd: StreamEvents,
-        ends: Option<Instant>,
-    ) -> Result<mpsc::Receiver<Result<StreamItem>>> {
+    pub async fn stream_events_until(&self, cmd: StreamEvents, ends: Option<Instant>) -> Result<EventStream> {
         let StreamEvents {
             ns,
             entity_id: id,
@@ -75,7 +71,12 @@ impl Coordinator {
             )
             .into());
         }
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = buffer::channel(
+            &self.streams,
+            self.config.stream_buffer,
+            format!("{ns}/{id}"),
+            after_seq,
+        );
         let this = self.clone();
         tokio::spawn(async move {
             let mut sub = sub;
@@ -86,7 +87,7 @@ impl Coordinator {
                 this.follow(&ns, &id, &mut cursor, &mut sub.rx, &tx, ends).await
             };
             if let Err(e) = done {
-                let _ = tx.send(Err(e)).await;
+                tx.fail(e);
             }
         });
         Ok(rx)
@@ -98,7 +99,7 @@ impl Coordinator {
         id: &EntityId,
         cursor: &mut Seq,
         signals: &mut broadcast::Receiver<TapeSignal>,
-        out: &mpsc::Sender<Result<StreamItem>>,
+        out: &Feed,
         ends: Option<Instant>,
     ) -> Result<()> {
         let mut shutdown = self.shutdown.clone();
@@ -115,19 +116,15 @@ impl Coordinator {
             self.config.heartbeat,
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Send one event; Ok(true) once `final` went out (the stream is complete).
+        // Send one event; Ok(true) once `final` went out (the stream is complete); Err once
+        // the stream takes no more (its client left, or it was cut off with its error queued).
         let send = |ev: Arc<StoredEvent>, cursor: &mut Seq| {
-            let out = out.clone();
             let seq = ev.seq;
             let is_final = ev.is_final();
             *cursor = seq;
-            async move {
-                out.send(Ok(StreamItem::Event(ev)))
-                    .await
-                    .map(|()| is_final)
-                    .map_err(|_| ())
-            }
+            async move { out.send(StreamItem::Event(ev)).await.map(|()| is_final).map_err(drop) }
         };
+        let page_bytes = (self.config.stream_buffer / 4).max(1);
         let mut first = true;
         'catch_up: loop {
             if !std::mem::take(&mut first) {
@@ -135,8 +132,12 @@ impl Coordinator {
             }
             // Replay from the table until we hold everything stored.
             loop {
-                let page = crate::telemetry::db_read("events", self.store.events(ns, id, *cursor, PAGE)).await?;
-                let full = page.len() == PAGE as usize;
+                let page =
+                    crate::telemetry::db_read("events", self.store.events(ns, id, *cursor, PAGE, page_bytes)).await?;
+                // The store stops by count, or before an event that would pass the byte bound:
+                // only a page that close to the bound may have left one behind.
+                let bytes: usize = page.iter().map(|e| e.payload.len()).sum();
+                let full = page.len() == PAGE as usize || bytes + MAX_PAYLOAD > page_bytes;
                 for ev in page {
                     match send(Arc::new(ev), cursor).await {
                         Ok(true) | Err(()) => return Ok(()),
@@ -155,13 +156,13 @@ impl Coordinator {
                     _ = out.closed() => return Ok(()),
                     _ = heartbeat.tick() => {
                         // (A missed wake-up is made up by the hub's sweep, once per entity.)
-                        if out.send(Ok(StreamItem::Heartbeat(*cursor))).await.is_err() {
+                        if out.send(StreamItem::Heartbeat(*cursor)).await.is_err() {
                             return Ok(());
                         }
                     }
                     signal = signals.recv() => match signal {
                         Ok(TapeSignal::Events(events)) => {
-                            for ev in events.iter() {
+                            for ev in events.events() {
                                 if ev.seq <= *cursor {
                                     continue;
                                 }

@@ -205,19 +205,31 @@ pub trait Store: Send + Sync + 'static {
     async fn machine(&self, ns: &Namespace, kind: &Name) -> Result<Option<StoredMachine>>;
     /// One entity.
     async fn entity(&self, ns: &Namespace, id: &EntityId) -> Result<Option<Entity>>;
-    /// A page of entities, ordered by id.
-    async fn list_entities(&self, q: &ListEntities) -> Result<Vec<Entity>>;
+    /// A page of entities, ordered by id: up to `q.limit`, stopping before the entity that
+    /// would take the page past `max_bytes` (each counted as its fields' JSON plus 256; the
+    /// first is always returned), and whether it stopped there.
+    async fn list_entities(&self, q: &ListEntities, max_bytes: usize) -> Result<(Vec<Entity>, bool)>;
     /// The stored tape heads of these entities (absent ones are left out), in one query.
     async fn heads(&self, keys: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>>;
-    /// Up to `limit` events with seq > `after`, in order.
-    async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>>;
+    /// Up to `limit` events with seq > `after`, in order, stopping before the event that
+    /// would take the payload bytes returned past `max_bytes` (the first is always returned).
+    async fn events(
+        &self,
+        ns: &Namespace,
+        id: &EntityId,
+        after: Seq,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>>;
     /// Up to `limit` entities whose due time (a state timeout, a purge) is at or before
     /// `now`, soonest first.
     async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<(Namespace, EntityId)>>;
     /// A page of the leases live at `now`, ordered by key.
     async fn list_leases(&self, q: &ListLeases, now: Timestamp) -> Result<Vec<LeaseRow>>;
-    /// A page of machines, ordered by kind.
-    async fn list_machines(&self, q: &ListMachines) -> Result<Vec<MachineRow>>;
+    /// A page of machines, ordered by kind: up to `q.limit`, stopping before the machine that
+    /// would take the page past `max_bytes` (each counted as its spec's JSON plus 64; the
+    /// first is always returned), and whether it stopped there.
+    async fn list_machines(&self, q: &ListMachines, max_bytes: usize) -> Result<(Vec<MachineRow>, bool)>;
     /// Deletes request outcomes stored before `before`; returns how many.
     async fn purge_requests(&self, before: Timestamp) -> Result<u64>;
     /// True when this replica should run housekeeping (one replica at a time).
@@ -247,6 +259,20 @@ pub trait DefineTx: Send {
     async fn state_in_use(&mut self, ns: &Namespace, kind: &Name, states: &[&str]) -> Result<Option<String>>;
     /// Stores the machine and commits.
     async fn commit(self: Box<Self>, ns: &Namespace, machine: &StoredMachine) -> Result<()>;
+}
+
+/// The rows of a page read with its `fits` column (see `list_entities.sql`): the rows up to
+/// the first that does not fit, and whether there was one.
+fn until_full<T>(rows: impl IntoIterator<Item = Result<(T, bool)>>) -> Result<(Vec<T>, bool)> {
+    let mut page = vec![];
+    for row in rows {
+        let (item, fits) = row?;
+        if !fits {
+            return Ok((page, true));
+        }
+        page.push(item);
+    }
+    Ok((page, false))
 }
 
 /// A stored machine row, parsed and validated (a row that breaks a rule is corrupt).
@@ -302,16 +328,114 @@ pub async fn connect(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>>
     }
 }
 
-/// A URL with any password replaced, for error messages and logs.
+/// A database URL (or libpq `key=value` connection string) with every password replaced by
+/// `***`, for error messages and logs. Errs on the side of hiding: the user information runs
+/// to the *last* `@` (a password may hold an unencoded `@`; tokio-postgres stops at the first
+/// one and would read the rest as the host), and the value of every `password`-like
+/// parameter (`password`, `sslpassword`, in a query string or a connection string) is hidden.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+    let url = match url.find("://") {
+        Some(s) => {
+            let (scheme, rest) = url.split_at(s + 3);
+            match rest.rfind('@') {
+                Some(at) => {
+                    let user = rest[..at].split_once(':').map_or(&rest[..at], |(user, _)| user);
+                    let password = if rest[..at].contains(':') { ":***" } else { "" };
+                    format!("{scheme}{user}{password}{}", &rest[at..])
+                }
                 None => url.to_string(),
             }
         }
-        _ => url.to_string(),
+        None => url.to_string(),
+    };
+    redact_password_params(&url)
+}
+
+/// Hides the value of every parameter whose name ends in `password` (any case): `?password=…`,
+/// `&sslpassword=…`, `password = 'it''s'`.
+fn redact_password_params(s: &str) -> String {
+    const NAME: &str = "password";
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(NAME) {
+        let name_end = from + found + NAME.len();
+        let after = &s[name_end..];
+        let value_at = name_end + (after.len() - after.trim_start().len());
+        if !s[value_at..].starts_with('=') {
+            out.push_str(&s[from..name_end]);
+            from = name_end;
+            continue;
+        }
+        let value_at = value_at + 1;
+        let value = &s[value_at..];
+        let value_at = value_at + (value.len() - value.trim_start().len());
+        let value = &s[value_at..];
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            // A quoted value ends at the first quote not escaped by a backslash.
+            let mut escaped = false;
+            let end = quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(quoted.len(), |(i, _)| i + 1);
+            1 + end
+        } else {
+            value
+                .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+                .unwrap_or(value.len())
+        };
+        out.push_str(&s[from..value_at]);
+        out.push_str("***");
+        from = value_at + len;
+    }
+    out.push_str(&s[from..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn every_password_is_redacted() {
+        let cases = [
+            ("postgres://u:s3cret@db:5432/x", "postgres://u:***@db:5432/x"),
+            // An unencoded `@` in the password: hidden up to the last one.
+            ("postgres://u:p@ss@w0rd@db/x", "postgres://u:***@db/x"),
+            ("postgresql://u:a:b@db/x", "postgresql://u:***@db/x"),
+            ("postgres://u@db/x", "postgres://u@db/x"),
+            ("postgres://db/x?password=s3cret", "postgres://db/x?password=***"),
+            (
+                "postgres://u@db/x?sslmode=require&PASSWORD=s3cret&application_name=a",
+                "postgres://u@db/x?sslmode=require&PASSWORD=***&application_name=a",
+            ),
+            ("postgres://db/x?sslpassword=s3cret", "postgres://db/x?sslpassword=***"),
+            (
+                "host=db user=u password=s3cret dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            (
+                "host=db password = 'it\\'s s3cret' dbname=x",
+                "host=db password = *** dbname=x",
+            ),
+            ("sqlite:baton.db", "sqlite:baton.db"),
+            (
+                "postgres://db/x?application_name=password",
+                "postgres://db/x?application_name=password",
+            ),
+        ];
+        for (url, expected) in cases {
+            let shown = redact(url);
+            assert_eq!(shown, expected, "{url}");
+            for secret in ["s3cret", "ss", "w0rd", "it"] {
+                if url.contains(secret) && !expected.contains(secret) {
+                    assert!(!shown.contains(secret), "{url} -> {shown}");
+                }
+            }
+        }
     }
 }

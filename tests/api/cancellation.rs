@@ -158,12 +158,14 @@ both_backends!(
 );
 
 /// Whether some session holds `key`'s transaction-level advisory lock while idle inside
-/// its transaction — a replica stopped mid-write.
+/// its transaction — a replica stopped mid-write. In this test's database only: advisory
+/// locks are per database, and other tests (or runs) on the same server use the same keys.
 async fn held_idle_in_transaction(admin: &mut sqlx::PgConnection, key: i64) -> bool {
     let (held,): (bool,) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2 \
-         AND a.state = 'idle in transaction')",
+         AND a.state = 'idle in transaction' \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
     )
     .bind(((key as u64) >> 32) as i64)
     .bind(((key as u64) & 0xffff_ffff) as i64)

@@ -7,7 +7,7 @@ use crate::helpers::{Backend, TestDb};
 use baton::domain::DomainError;
 use baton::domain::batch::{Batch, Command, Lock, Reads, StoredRequest, Writes};
 use baton::domain::command::{
-    AcquireLease, AppendEvents, CreateEntity, ListEntities, PageToken, ReleaseLease, Transition,
+    AcquireLease, AppendEvents, CreateEntity, ListEntities, ListMachines, PageToken, ReleaseLease, Transition,
 };
 use baton::domain::entity::{Entity, Fields, Version};
 use baton::domain::lease::{Fence, FencingToken, LeaseRow, Ttl};
@@ -255,8 +255,20 @@ async fn events_read_back_in_seq_order_and_one_final(backend: Backend) {
         .collect();
     w.events = evs.iter().map(|e| (ns(), id("e1"), e.clone())).collect();
     write(&*s, w).await.unwrap();
-    assert_eq!(s.events(&ns(), &id("e1"), Seq::ZERO, 100).await.unwrap(), evs);
-    assert_eq!(s.events(&ns(), &id("e1"), seq(2), 2).await.unwrap(), evs[2..4].to_vec());
+    assert_eq!(
+        s.events(&ns(), &id("e1"), Seq::ZERO, 100, usize::MAX).await.unwrap(),
+        evs
+    );
+    assert_eq!(
+        s.events(&ns(), &id("e1"), seq(2), 2, usize::MAX).await.unwrap(),
+        evs[2..4].to_vec()
+    );
+    // Bounded by payload bytes too (3 each): stopping before the event that would pass the
+    // bound, and never returning nothing while events remain.
+    for (max_bytes, n) in [(6, 2), (8, 2), (9, 3), (1, 1)] {
+        let page = s.events(&ns(), &id("e1"), Seq::ZERO, 100, max_bytes).await.unwrap();
+        assert_eq!(page, evs[..n].to_vec(), "{max_bytes} bytes");
+    }
     // A change announced reaches subscribers (NOTIFY or in-process).
     s.announce(vec![Change::Tape {
         ns: ns(),
@@ -374,27 +386,70 @@ async fn machines_and_listing(backend: Backend) {
         limit: 10,
         after: after.map(PageToken::after),
     };
-    let ids = |v: Vec<Entity>| v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>();
+    let ids = |(v, full): (Vec<Entity>, bool)| {
+        assert!(!full, "no byte bound was reached");
+        v.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>()
+    };
     assert_eq!(
-        ids(s.list_entities(&q(&[], &[], &[], None)).await.unwrap()),
+        ids(s.list_entities(&q(&[], &[], &[], None), usize::MAX).await.unwrap()),
         ["e0", "e1", "e2"]
     );
     assert_eq!(
-        ids(s.list_entities(&q(&["running"], &[], &[], None)).await.unwrap()),
+        ids(s
+            .list_entities(&q(&["running"], &[], &[], None), usize::MAX)
+            .await
+            .unwrap()),
         ["e1", "e2"]
     );
     assert_eq!(
-        ids(s.list_entities(&q(&["running"], &[], &["turn"], None)).await.unwrap()),
+        ids(s
+            .list_entities(&q(&["running"], &[], &["turn"], None), usize::MAX)
+            .await
+            .unwrap()),
         ["e1"]
     );
     assert_eq!(
-        ids(s.list_entities(&q(&[], &["turn", "note"], &[], None)).await.unwrap()),
+        ids(s
+            .list_entities(&q(&[], &["turn", "note"], &[], None), usize::MAX)
+            .await
+            .unwrap()),
         ["e2"]
     );
     assert_eq!(
-        ids(s.list_entities(&q(&[], &[], &[], Some("e0"))).await.unwrap()),
+        ids(s
+            .list_entities(&q(&[], &[], &[], Some("e0")), usize::MAX)
+            .await
+            .unwrap()),
         ["e1", "e2"]
     );
+    // Bounded by bytes too (each entity counts its fields' JSON plus 256): the page stops
+    // before the entity that would pass the bound, never returns nothing, and says so.
+    let mut sizes = vec![];
+    for e in ["e0", "e1", "e2"] {
+        let fields = s.entity(&ns(), &id(e)).await.unwrap().unwrap().fields;
+        sizes.push(serde_json::to_string(&fields).unwrap().len() + 256);
+    }
+    let bounded = |max_bytes: usize| {
+        let s = &s;
+        let q = q(&[], &[], &[], None);
+        async move {
+            let (page, full) = s.list_entities(&q, max_bytes).await.unwrap();
+            (page.into_iter().map(|e| e.id.to_string()).collect::<Vec<_>>(), full)
+        }
+    };
+    assert_eq!(bounded(1).await, (vec!["e0".to_string()], true));
+    assert_eq!(bounded(sizes[0] + sizes[1] - 1).await, (vec!["e0".to_string()], true));
+    let two = bounded(sizes[0] + sizes[1]).await;
+    assert!(two.0 == ["e0", "e1"] && two.1, "{two:?}");
+    let all = bounded(sizes.iter().sum()).await;
+    assert!(all.0 == ["e0", "e1", "e2"] && !all.1, "{all:?}");
+    let machines = ListMachines {
+        ns: ns(),
+        limit: 10,
+        after: None,
+    };
+    let (page, full) = s.list_machines(&machines, 1).await.unwrap();
+    assert_eq!((page.len(), full), (1, false), "one machine: the first always fits");
 }
 
 /// A batch commits only while every machine version its writes were decided with is the
@@ -698,7 +753,7 @@ fn timeless(v: &impl std::fmt::Debug) -> String {
 /// the lease, and which call each request id is stored for.
 async fn mixed_state(s: &dyn Store) -> Vec<String> {
     let entity = s.entity(&ns(), &id("m1")).await.unwrap();
-    let tape = s.events(&ns(), &id("m1"), Seq::ZERO, 100).await.unwrap();
+    let tape = s.events(&ns(), &id("m1"), Seq::ZERO, 100, usize::MAX).await.unwrap();
     let lease = s.lease_row(&ns(), &key("k")).await.unwrap();
     let requests = load(
         s,
@@ -822,7 +877,7 @@ async fn an_entity_deleted_and_created_again_in_one_batch_is_new(backend: Backen
     assert!(matches!(&second[1], Ok(Outcome::Create(c)) if c.created), "{second:?}");
     let stored = s.entity(&ns(), &id("d1")).await.unwrap().unwrap();
     assert_eq!((stored.state.as_str(), stored.version.get()), ("pending", 1));
-    let tape = s.events(&ns(), &id("d1"), Seq::ZERO, 100).await.unwrap();
+    let tape = s.events(&ns(), &id("d1"), Seq::ZERO, 100, usize::MAX).await.unwrap();
     assert_eq!(tape.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [1]);
 }
 

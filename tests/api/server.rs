@@ -74,24 +74,7 @@ async fn health_and_reflection(backend: Backend) {
         .filter(|s| s.name() == "Coordinator")
         .flat_map(|s| s.method.into_iter().map(|m| m.name().to_string()))
         .collect();
-    let expected = [
-        "AcquireLease",
-        "RenewLease",
-        "ReleaseLease",
-        "GetLease",
-        "DefineMachine",
-        "GetMachine",
-        "CreateEntity",
-        "GetEntity",
-        "ListEntities",
-        "Transition",
-        "AppendEvents",
-        "StreamEvents",
-        "ListLeases",
-        "ForceReleaseLease",
-        "ListMachines",
-        "DeleteEntity",
-    ];
+    let expected = crate::raw::METHODS;
     assert_eq!(methods, expected);
 
     // v1alpha too: grpcio's reflection client, older grpcurl and Postman speak only it.

@@ -4,6 +4,7 @@
 use super::spec::{DedupPolicy, MachineSpec, TimeoutSpec, TransitionSpec};
 use crate::domain::DomainError;
 use crate::domain::entity::{Entity, Fields, MAX_FIELDS};
+use crate::domain::error::quote;
 use crate::domain::names::Name;
 use crate::domain::time::Timestamp;
 use std::collections::BTreeSet;
@@ -45,7 +46,7 @@ impl Machine {
             if !states.insert(s.as_str()) {
                 return Err(DomainError::invalid(
                     format!("spec.states[{i}]"),
-                    format!("state {s:?} is listed twice"),
+                    format!("state {} is listed twice", quote(s)),
                 ));
             }
         }
@@ -53,7 +54,7 @@ impl Machine {
             if states.contains(s) {
                 Ok(())
             } else {
-                Err(DomainError::invalid(field, format!("unknown state {s:?}")))
+                Err(DomainError::invalid(field, format!("unknown state {}", quote(s))))
             }
         };
         known("spec.initial_state".into(), &spec.initial_state)?;
@@ -70,7 +71,10 @@ impl Machine {
         if terminal.contains(spec.initial_state.as_str()) {
             return Err(DomainError::invalid(
                 "spec.initial_state",
-                format!("{:?} is terminal: an entity would start sealed", spec.initial_state),
+                format!(
+                    "{} is terminal: an entity would start sealed",
+                    quote(&spec.initial_state)
+                ),
             ));
         }
         if spec.transitions.is_empty() || spec.transitions.len() > MAX_STATES {
@@ -86,7 +90,7 @@ impl Machine {
             if !names.insert(t.name.as_str()) {
                 return Err(DomainError::invalid(
                     format!("{at}.name"),
-                    format!("transition {:?} is declared twice", t.name),
+                    format!("transition {} is declared twice", quote(&t.name)),
                 ));
             }
             known(format!("{at}.to"), &t.to)?;
@@ -101,14 +105,15 @@ impl Machine {
                     if !seen.insert(s) {
                         return Err(DomainError::invalid(
                             format!("{at}.{label}[{j}]"),
-                            format!("state {s:?} is listed twice"),
+                            format!("state {} is listed twice", quote(s)),
                         ));
                     }
                     if label != "noop_from" && terminal.contains(s.as_str()) {
                         return Err(DomainError::invalid(
                             format!("{at}.{label}[{j}]"),
                             format!(
-                                "{s:?} is terminal: a sealed entity cannot move (list it in noop_from to make the transition a no-op there)"
+                                "{} is terminal: a sealed entity cannot move (list it in noop_from to make the transition a no-op there)",
+                                quote(s)
                             ),
                         ));
                     }
@@ -124,7 +129,7 @@ impl Machine {
                 if t.from.contains(s) {
                     return Err(DomainError::invalid(
                         format!("{at}.stale_from"),
-                        format!("{s:?} is also in from"),
+                        format!("{} is also in from", quote(s)),
                     ));
                 }
             }
@@ -132,7 +137,7 @@ impl Machine {
                 if t.from.contains(s) || t.stale_from.contains(s) {
                     return Err(DomainError::invalid(
                         format!("{at}.noop_from"),
-                        format!("{s:?} is also in from or stale_from"),
+                        format!("{} is also in from or stale_from", quote(s)),
                     ));
                 }
             }
@@ -171,7 +176,7 @@ impl Machine {
             if !fields.insert(r.field.as_str()) {
                 return Err(DomainError::invalid(
                     format!("{at}.field"),
-                    format!("field {:?} has two rules", r.field),
+                    format!("field {} has two rules", quote(&r.field)),
                 ));
             }
             if r.allowed_in.is_empty() {
@@ -192,15 +197,15 @@ impl Machine {
                 return Err(DomainError::invalid(
                     format!("{at}.state"),
                     format!(
-                        "{:?} is terminal: a finished entity does not time out (see retain_after_final)",
-                        t.state
+                        "{} is terminal: a finished entity does not time out (see retain_after_final)",
+                        quote(&t.state)
                     ),
                 ));
             }
             if !timed.insert(t.state.as_str()) {
                 return Err(DomainError::invalid(
                     format!("{at}.state"),
-                    format!("state {:?} has two timeouts", t.state),
+                    format!("state {} has two timeouts", quote(&t.state)),
                 ));
             }
             if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&t.after) {
@@ -212,16 +217,16 @@ impl Machine {
             let Some(fires) = spec.transitions.iter().find(|x| x.name == t.transition) else {
                 return Err(DomainError::invalid(
                     format!("{at}.transition"),
-                    format!("no transition is named {:?}", t.transition),
+                    format!("no transition is named {}", quote(&t.transition)),
                 ));
             };
             if !timeout_allowed(t, fires) {
                 return Err(DomainError::invalid(
                     format!("{at}.transition"),
                     format!(
-                        "transition {:?} is not allowed from state {:?}{}",
-                        t.transition,
-                        t.state,
+                        "transition {} is not allowed from state {}{}",
+                        quote(&t.transition),
+                        quote(&t.state),
                         if fires.stale_from.contains(&t.state) {
                             " (it is in stale_from: the timeout must be idle and at least stale_after)"
                         } else {

@@ -462,7 +462,7 @@ impl Store for PgStore {
         row.map(|r| entity_at(&r, 0)).transpose()
     }
 
-    async fn list_entities(&self, q: &ListEntities) -> Result<Vec<Entity>> {
+    async fn list_entities(&self, q: &ListEntities, max_bytes: usize) -> Result<(Vec<Entity>, bool)> {
         let conn = self.reader().await?;
         let names = |v: &[Name]| v.iter().map(|n| n.as_str().to_string()).collect::<Vec<String>>();
         let after = q.after.as_ref().map(|p| p.last());
@@ -478,10 +478,11 @@ impl Store for PgStore {
                     &names(&q.missing_fields),
                     &after,
                     &i64::from(q.limit),
+                    &i64::try_from(max_bytes).unwrap_or(i64::MAX),
                 ],
             )
             .await?;
-        rows.iter().map(|r| entity_at(r, 0)).collect()
+        super::until_full(rows.iter().map(|r| Ok((entity_at(r, 0)?, r.try_get(12)?))))
     }
 
     async fn heads(&self, keys: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>> {
@@ -493,13 +494,27 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>> {
+    async fn events(
+        &self,
+        ns: &Namespace,
+        id: &EntityId,
+        after: Seq,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>> {
         let conn = self.reader().await?;
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         let rows = conn
             .client
             .query(
                 &conn.q.events,
-                &[&ns.as_str(), &id.as_str(), &decode::to_i64(after), &i64::from(limit)],
+                &[
+                    &ns.as_str(),
+                    &id.as_str(),
+                    &decode::to_i64(after),
+                    &i64::from(limit),
+                    &max_bytes,
+                ],
             )
             .await?;
         rows.iter()
@@ -538,14 +553,18 @@ impl Store for PgStore {
         rows.iter().map(|r| lease_at(r, 0)).collect()
     }
 
-    async fn list_machines(&self, q: &ListMachines) -> Result<Vec<MachineRow>> {
+    async fn list_machines(&self, q: &ListMachines, max_bytes: usize) -> Result<(Vec<MachineRow>, bool)> {
         let conn = self.reader().await?;
         let after = q.after.as_ref().map(|p| p.last());
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         let rows = conn
             .client
-            .query(&conn.q.list_machines, &[&q.ns.as_str(), &after, &i64::from(q.limit)])
+            .query(
+                &conn.q.list_machines,
+                &[&q.ns.as_str(), &after, &i64::from(q.limit), &max_bytes],
+            )
             .await?;
-        rows.iter().map(|r| machine_at(r, 0)).collect()
+        super::until_full(rows.iter().map(|r| Ok((machine_at(r, 0)?, r.try_get(4)?))))
     }
 
     async fn purge_requests(&self, before: Timestamp) -> Result<u64> {

@@ -17,7 +17,7 @@ use crate::domain::time::{Clock, Timestamp};
 use async_trait::async_trait;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{FromRow, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -292,9 +292,9 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn list_entities(&self, q: &ListEntities) -> Result<Vec<Entity>> {
+    async fn list_entities(&self, q: &ListEntities, max_bytes: usize) -> Result<(Vec<Entity>, bool)> {
         let names = |v: &[Name]| json!(v.iter().map(Name::as_str).collect::<Vec<_>>()).to_string();
-        sqlx::query_as::<_, EntityTuple>(include_str!("queries/list_entities.sql"))
+        let rows = sqlx::query(include_str!("queries/list_entities.sql"))
             .bind(q.ns.as_str())
             .bind(q.kind.as_str())
             .bind(names(&q.states))
@@ -302,11 +302,13 @@ impl Store for SqliteStore {
             .bind(names(&q.missing_fields))
             .bind(q.after.as_ref().map(|p| p.last()))
             .bind(i64::from(q.limit))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.read_pool)
-            .await?
-            .into_iter()
-            .map(decode::entity)
-            .collect()
+            .await?;
+        super::until_full(rows.iter().map(|r| {
+            let entity = decode::entity(EntityTuple::from_row(r)?)?;
+            Ok((entity, r.try_get(12)?))
+        }))
     }
 
     async fn heads(&self, wanted: &[(Namespace, EntityId)]) -> Result<Vec<((Namespace, EntityId), Seq)>> {
@@ -320,12 +322,20 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn events(&self, ns: &Namespace, id: &EntityId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>> {
+    async fn events(
+        &self,
+        ns: &Namespace,
+        id: &EntityId,
+        after: Seq,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>> {
         sqlx::query_as::<_, EventTuple>(include_str!("queries/events.sql"))
             .bind(ns.as_str())
             .bind(id.as_str())
             .bind(decode::to_i64(after))
             .bind(i64::from(limit))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.read_pool)
             .await?
             .into_iter()
@@ -358,16 +368,18 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn list_machines(&self, q: &ListMachines) -> Result<Vec<MachineRow>> {
-        sqlx::query_as::<_, MachineTuple>(include_str!("queries/list_machines.sql"))
+    async fn list_machines(&self, q: &ListMachines, max_bytes: usize) -> Result<(Vec<MachineRow>, bool)> {
+        let rows = sqlx::query(include_str!("queries/list_machines.sql"))
             .bind(q.ns.as_str())
             .bind(q.after.as_ref().map(|p| p.last()))
             .bind(i64::from(q.limit))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
             .fetch_all(&self.read_pool)
-            .await?
-            .into_iter()
-            .map(decode::machine_row)
-            .collect()
+            .await?;
+        super::until_full(rows.iter().map(|r| {
+            let machine = decode::machine_row(MachineTuple::from_row(r)?)?;
+            Ok((machine, r.try_get(4)?))
+        }))
     }
 
     async fn purge_requests(&self, before: Timestamp) -> Result<u64> {

@@ -1,13 +1,25 @@
 -- A page of a kind's entities, ordered by id: $3 states (empty: any), $4 fields that must be
 -- present, $5 fields that must be absent, $6 the last id of the previous page (or NULL), $7
--- the page size.
-SELECT id, kind, state, version, fields, dedup_key, created_at_us, updated_at_us,
-       last_activity_at_us, last_seq, final_seq, due_at_us
-FROM entities e
-WHERE e.namespace = $1 AND e.kind = $2
-  AND (cardinality($3::text[]) = 0 OR e.state = ANY($3::text[]))
-  AND NOT EXISTS (SELECT 1 FROM unnest($4::text[]) f WHERE (e.fields::jsonb ->> f) IS NULL)
-  AND NOT EXISTS (SELECT 1 FROM unnest($5::text[]) f WHERE (e.fields::jsonb ->> f) IS NOT NULL)
-  AND ($6::text IS NULL OR e.id > $6::text)
+-- the page size, $8 the most bytes the page may hold (each entity counted as its fields'
+-- JSON plus 256). The page is chosen from the sizes alone; it ends with the first entity that
+-- does not fit (`fits` false), if one came within the page size (the first always fits).
+WITH page AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS n, sum(len) OVER (ORDER BY id) - len AS before, len
+    FROM (
+        SELECT e.id, octet_length(e.fields) + 256 AS len
+        FROM entities e
+        WHERE e.namespace = $1 AND e.kind = $2
+          AND (cardinality($3::text[]) = 0 OR e.state = ANY($3::text[]))
+          AND NOT EXISTS (SELECT 1 FROM unnest($4::text[]) f WHERE (e.fields::jsonb ->> f) IS NULL)
+          AND NOT EXISTS (SELECT 1 FROM unnest($5::text[]) f WHERE (e.fields::jsonb ->> f) IS NOT NULL)
+          AND ($6::text IS NULL OR e.id > $6::text)
+        ORDER BY e.id
+        LIMIT $7
+    ) head
+)
+SELECT e.id, e.kind, e.state, e.version, e.fields, e.dedup_key, e.created_at_us, e.updated_at_us,
+       e.last_activity_at_us, e.last_seq, e.final_seq, e.due_at_us,
+       (page.n = 1 OR page.before + page.len <= $8) AS fits
+FROM page JOIN entities e ON e.namespace = $1 AND e.id = page.id
+WHERE page.n <= 2 OR page.before <= $8
 ORDER BY e.id
-LIMIT $7
