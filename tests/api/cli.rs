@@ -20,11 +20,19 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// `baton serve` on `listen` (port 0: any), off the runtime's threads while it starts.
 async fn serve(url: &str, listen: SocketAddr) -> ServeProcess {
+    serve_with(url, listen, vec![]).await
+}
+
+/// [`serve`] with more flags.
+async fn serve_with(url: &str, listen: SocketAddr, extra: Vec<String>) -> ServeProcess {
     let url = url.to_string();
-    tokio::task::spawn_blocking(move || ServeProcess::spawn_at(Path::new(BIN), listen, &url, &[]))
-        .await
-        .unwrap()
-        .expect("baton serves")
+    tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        ServeProcess::spawn_at(Path::new(BIN), listen, &url, &extra)
+    })
+    .await
+    .unwrap()
+    .expect("baton serves")
 }
 
 /// What one CLI run did.
@@ -472,14 +480,7 @@ async fn the_cli_over_tls_with_tokens(backend: Backend) {
         "--auth-tokens".into(),
         path("tokens.toml"),
     ];
-    let url = db.url.clone();
-    let server = tokio::task::spawn_blocking(move || {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        ServeProcess::spawn_at(Path::new(BIN), SocketAddr::from(([127, 0, 0, 1], 0)), &url, &extra)
-    })
-    .await
-    .unwrap()
-    .expect("baton serves TLS");
+    let server = serve_with(&db.url, SocketAddr::from(([127, 0, 0, 1], 0)), extra.to_vec()).await;
     let https = format!("https://localhost:{}", server.addr().port());
     let cli = Cli { addr: https.clone() };
     let ca = path("ca.pem");
@@ -527,7 +528,6 @@ async fn the_cli_over_tls_with_tokens(backend: Backend) {
     drop(server);
 
     // Tokens without mTLS, on a second server.
-    let url = db.url.clone();
     let extra = [
         "--tls-cert".to_string(),
         path("server.pem"),
@@ -536,13 +536,7 @@ async fn the_cli_over_tls_with_tokens(backend: Backend) {
         "--auth-tokens".into(),
         path("tokens.toml"),
     ];
-    let server = tokio::task::spawn_blocking(move || {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        ServeProcess::spawn_at(Path::new(BIN), SocketAddr::from(([127, 0, 0, 1], 0)), &url, &extra)
-    })
-    .await
-    .unwrap()
-    .expect("baton serves TLS");
+    let server = serve_with(&db.url, SocketAddr::from(([127, 0, 0, 1], 0)), extra.to_vec()).await;
     let cli = Cli {
         addr: format!("https://localhost:{}", server.addr().port()),
     };
