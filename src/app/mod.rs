@@ -268,7 +268,7 @@ impl Application {
             None => CoordinatorService::new(coordinator.clone()),
         };
         let auth_on = tokens.is_some();
-        let auth = tokens.map(|t| AuthLayer::new(t, settings.auth_protect_all, Arc::new(tls::peer_names)));
+        let auth = tokens.map(|t| AuthLayer::new(t, settings.auth_protect_all));
         let router = builder
             .layer(tower::util::option_layer(auth))
             .layer(crate::grpc::UndecodableLayer)

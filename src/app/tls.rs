@@ -3,7 +3,6 @@
 //! optional client certificates (mTLS) verified against a CA, whose names can stand for a
 //! caller in the tokens file.
 
-use crate::grpc::Connection;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
@@ -168,13 +167,4 @@ pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
         }
     }
     names
-}
-
-/// The names of the verified client certificate of the connection a request came on, as
-/// the listener recorded them.
-pub fn peer_names(extensions: &http::Extensions) -> Vec<String> {
-    extensions
-        .get::<Connection>()
-        .map(|c| c.peer_names.to_vec())
-        .unwrap_or_default()
 }

@@ -18,6 +18,8 @@
 //! ```
 
 use super::{Caller, Role};
+use crate::domain::error::quote;
+use crate::domain::names::Namespace;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -56,21 +58,17 @@ impl std::str::FromStr for NamespacePattern {
             Some(body) => (body, true),
             None => (s, false),
         };
-        let ok = body.len() <= 63
-            && body
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
-        if !ok || (!prefix && body.is_empty()) {
-            return Err(format!(
-                "{:?} is neither a namespace nor a prefix ending in *",
-                short(s)
-            ));
+        let refused = || format!("{} is neither a namespace nor a prefix ending in *", quote(s));
+        if !prefix {
+            return Namespace::parse("namespace", body.to_string())
+                .map(|ns| NamespacePattern::Exact(ns.as_str().to_string()))
+                .map_err(|_| refused());
         }
-        Ok(if prefix {
-            NamespacePattern::Prefix(body.to_string())
-        } else {
-            NamespacePattern::Exact(body.to_string())
-        })
+        // A prefix is the start of a namespace: a namespace once anything completes it.
+        if !body.is_empty() && Namespace::parse("namespace", format!("{body}0")).is_err() {
+            return Err(refused());
+        }
+        Ok(NamespacePattern::Prefix(body.to_string()))
     }
 }
 
@@ -80,14 +78,6 @@ impl std::fmt::Display for NamespacePattern {
             NamespacePattern::Exact(n) => f.write_str(n),
             NamespacePattern::Prefix(p) => write!(f, "{p}*"),
         }
-    }
-}
-
-/// At most 64 characters of a bad value, for an error message.
-fn short(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_string(),
     }
 }
 

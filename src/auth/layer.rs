@@ -6,7 +6,7 @@
 
 use super::grants::Rejected;
 use super::{Caller, TokenStore};
-use crate::grpc::DOMAIN;
+use crate::grpc::{Connection, DOMAIN};
 use futures::future::{BoxFuture, FutureExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,27 +18,18 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The path prefix of the API's calls.
 const COORDINATOR: &str = "/baton.v1.Coordinator/";
 
-/// The names of a connection's verified client certificate (common name, DNS and URI
-/// names), as the listener found them; empty without one.
-pub type Identity = Arc<dyn Fn(&http::Extensions) -> Vec<String> + Send + Sync>;
-
 /// Authenticates requests against a tokens file.
 #[derive(Clone)]
 pub struct AuthLayer {
     tokens: Arc<TokenStore>,
     /// Health and reflection need a caller too.
     protect_all: bool,
-    identity: Identity,
 }
 
 impl AuthLayer {
     /// A layer over `tokens`; `protect_all` puts health and reflection behind it too.
-    pub fn new(tokens: Arc<TokenStore>, protect_all: bool, identity: Identity) -> Self {
-        Self {
-            tokens,
-            protect_all,
-            identity,
-        }
+    pub fn new(tokens: Arc<TokenStore>, protect_all: bool) -> Self {
+        Self { tokens, protect_all }
     }
 
     /// The caller a request stands for.
@@ -55,7 +46,12 @@ impl AuthLayer {
                 Rejected::Expired => unauthenticated("the token has expired"),
             });
         }
-        let names = (self.identity)(extensions);
+        // The names of the connection's verified client certificate, as the listener
+        // recorded them (none without mTLS).
+        let names = extensions
+            .get::<Connection>()
+            .map(|c| c.peer_names.clone())
+            .unwrap_or_default();
         if let Some(caller) = grants.by_identity(names.iter().map(String::as_str)) {
             return Ok(caller);
         }

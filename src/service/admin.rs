@@ -60,29 +60,38 @@ impl Coordinator {
         Ok((page, more))
     }
 
-    /// ForceReleaseLease: ends the key's live lease, whoever holds it; logs who asked.
+    /// ForceReleaseLease: ends the key's live lease, whoever holds it; logs who asked. The
+    /// log line is the record of who did it, so it is written on a task of its own: a
+    /// caller that goes away after the commit does not lose it.
     pub async fn force_release_lease(&self, cmd: ForceReleaseLease) -> Result<Option<Lease>> {
-        let (ns, key, by) = (cmd.ns.clone(), cmd.key.clone(), cmd.by.clone());
-        let Outcome::ForceRelease(ended) = self.pipeline.submit(Command::ForceRelease(cmd)).await? else {
-            return Err(unexpected("ForceReleaseLease"));
-        };
-        if let Some(lease) = &ended {
-            tracing::warn!(
-                %ns, %key, %by, holder = %lease.holder, token = lease.token.get(),
-                "lease force-released by an operator: its token is fenced out"
-            );
-        }
-        Ok(ended)
+        self.detached(|this| async move {
+            let (ns, key, by) = (cmd.ns.clone(), cmd.key.clone(), cmd.by.clone());
+            let Outcome::ForceRelease(ended) = this.pipeline.submit(Command::ForceRelease(cmd)).await? else {
+                return Err(unexpected("ForceReleaseLease"));
+            };
+            if let Some(lease) = &ended {
+                tracing::warn!(
+                    %ns, %key, %by, holder = %lease.holder, token = lease.token.get(),
+                    "lease force-released by an operator: its token is fenced out"
+                );
+            }
+            Ok(ended)
+        })
+        .await
     }
 
-    /// DeleteEntity: deletes a finished entity (or, with `force`, any) and its tape.
+    /// DeleteEntity: deletes a finished entity (or, with `force`, any) and its tape; logged
+    /// even when the caller goes away after the commit.
     pub async fn delete_entity(&self, cmd: DeleteEntity) -> Result<bool> {
-        let (ns, id, force) = (cmd.ns.clone(), cmd.id.clone(), cmd.force);
-        let Outcome::Delete(deleted) = self.pipeline.submit(Command::Delete(cmd)).await? else {
-            return Err(unexpected("DeleteEntity"));
-        };
-        tracing::info!(%ns, %id, force, "entity deleted by an operator");
-        Ok(deleted)
+        self.detached(|this| async move {
+            let (ns, id, force) = (cmd.ns.clone(), cmd.id.clone(), cmd.force);
+            let Outcome::Delete(deleted) = this.pipeline.submit(Command::Delete(cmd)).await? else {
+                return Err(unexpected("DeleteEntity"));
+            };
+            tracing::info!(%ns, %id, force, "entity deleted by an operator");
+            Ok(deleted)
+        })
+        .await
     }
 
     /// Looks at every entity whose due time has come — fires state timeouts, purges
